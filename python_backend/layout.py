@@ -1,0 +1,63 @@
+"""Where things live in a gsv-triton model repository; shared by the exporter and the server.
+
+REPO/
+  voice_<NAME>/config.pbtxt       one Triton model per voice; versions are folders 1, 2, ...
+  voice_<NAME>/<N>/manifest.json  graphs, reference.npz, golden.npz, model.py
+  gsv_bert/, gsv_ssl/             shared auxiliary models, one copy for all voices
+  .gsv/staging/                   versions being written (renamed into place when complete)
+  .gsv/quarantine/                versions refused at load, with the reason
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+VOICE_PREFIX = "voice_"
+BERT_MODEL = "gsv_bert"
+SSL_MODEL = "gsv_ssl"
+RESERVED = {"tts", "tts_stream", BERT_MODEL, SSL_MODEL}
+STATE_DIR = ".gsv"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class LayoutError(ValueError):
+    """A name or folder does not fit the repository layout."""
+
+
+def check_voice_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise LayoutError(
+            f"voice name {name!r} is not a safe folder name: use 1-63 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def voice_model(name: str) -> str:
+    """Triton model name of a voice."""
+    return VOICE_PREFIX + check_voice_name(name)
+
+
+def voice_dir(repo: Path, name: str) -> Path:
+    return Path(repo) / voice_model(name)
+
+
+def staging_root(repo: Path) -> Path:
+    return Path(repo) / STATE_DIR / "staging"
+
+
+def quarantine_root(repo: Path) -> Path:
+    return Path(repo) / STATE_DIR / "quarantine"
+
+
+def version_numbers(model_dir: Path) -> list[int]:
+    """Version folders present (digits only, as Triton reads them), ascending."""
+    if not Path(model_dir).is_dir():
+        return []
+    return sorted(int(p.name) for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def voices(repo: Path) -> list[str]:
+    repo = Path(repo)
+    if not repo.is_dir():
+        return []
+    return sorted(p.name[len(VOICE_PREFIX):] for p in repo.iterdir() if p.is_dir() and p.name.startswith(VOICE_PREFIX))

@@ -1,0 +1,100 @@
+"""config.pbtxt generated from code, so a model's config cannot drift from what its code reads.
+
+Each model's inputs and outputs are declared once here as typed specs; ``render`` writes the
+text format Triton reads, and tests parse the result with Triton's own ModelConfig
+protobuf classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_DTYPES = {"INT64", "INT32", "FP32", "FP16", "BOOL", "BYTES"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton type without the TYPE_ prefix
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def render(self) -> str:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"tensor {self.name}: dtype {self.dtype!r} not one of {sorted(_DTYPES)}")
+        dims = ", ".join(str(d) for d in self.dims)
+        opt = "\n    optional: true" if self.optional else ""
+        return f'  {{\n    name: "{self.name}"\n    data_type: TYPE_{self.dtype}\n    dims: [ {dims} ]{opt}\n  }}'
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    decoupled: bool = False
+    instance_count: int = 1
+    max_batch_size: int = 0
+    parameters: dict[str, str] = field(default_factory=dict)
+    latest_versions: int | None = 1  # None: policy "all" (keeps every version folder loaded)
+
+    def render(self) -> str:
+        parts = [f'name: "{self.name}"', 'backend: "python"', f"max_batch_size: {self.max_batch_size}"]
+        parts.append("input [\n" + ",\n".join(t.render() for t in self.inputs) + "\n]")
+        parts.append("output [\n" + ",\n".join(t.render() for t in self.outputs) + "\n]")
+        if self.decoupled:
+            parts.append("model_transaction_policy {\n  decoupled: true\n}")
+        policy = "all { }" if self.latest_versions is None else f"latest {{ num_versions: {self.latest_versions} }}"
+        parts.append(f"version_policy: {{ {policy} }}")
+        parts.append(f"instance_group [\n  {{\n    count: {self.instance_count}\n    kind: KIND_CPU\n  }}\n]")
+        for key, value in sorted(self.parameters.items()):
+            parts.append(f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')
+        return "\n".join(parts) + "\n"
+
+
+SAMPLING_INPUTS = [
+    TensorSpec("TOP_K", "INT32", (1,), optional=True),
+    TensorSpec("TOP_P", "FP32", (1,), optional=True),
+    TensorSpec("TEMPERATURE", "FP32", (1,), optional=True),
+    TensorSpec("REPETITION_PENALTY", "FP32", (1,), optional=True),
+    TensorSpec("NOISE_SCALE", "FP32", (1,), optional=True),
+    TensorSpec("SPEED", "FP32", (1,), optional=True),
+    TensorSpec("SEED", "INT64", (1,), optional=True),
+]
+
+
+def voice_model_spec(model_name: str) -> ModelSpec:
+    """One voice: phones (+ BERT features) of one sentence in, audio chunks out (decoupled)."""
+    return ModelSpec(
+        name=model_name,
+        inputs=[
+            TensorSpec("PHONES", "INT64", (-1,)),
+            TensorSpec("BERT", "FP32", (1024, -1)),
+            TensorSpec("MAX_TOKENS", "INT32", (1,), optional=True),
+            TensorSpec("STREAM", "BOOL", (1,), optional=True),
+            *SAMPLING_INPUTS,
+        ],
+        outputs=[
+            TensorSpec("AUDIO", "FP32", (-1,)),
+            TensorSpec("VOICE_VERSION", "INT32", (1,)),
+            TensorSpec("FINISH_REASON", "BYTES", (1,)),
+        ],
+        decoupled=True,
+    )
+
+
+def bert_model_spec() -> ModelSpec:
+    """Shared BERT: text in, per-phone features out (loaded once for all voices)."""
+    return ModelSpec(
+        name="gsv_bert",
+        inputs=[TensorSpec("INPUT_IDS", "INT64", (-1,))],
+        outputs=[TensorSpec("HIDDEN", "FP32", (-1, 1024))],
+    )
+
+
+def ssl_model_spec() -> ModelSpec:
+    """Shared SSL: 16 kHz audio in, 50 Hz features out (zero-shot references)."""
+    return ModelSpec(
+        name="gsv_ssl",
+        inputs=[TensorSpec("WAV16K", "FP32", (-1,))],
+        outputs=[TensorSpec("SSL", "FP32", (768, -1))],
+    )
