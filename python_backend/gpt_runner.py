@@ -1,0 +1,133 @@
+"""Single-request GPT-SoVITS decode loop over the exported ``gpt_prefill`` / ``gpt_step`` graphs.
+
+numpy + onnxruntime only. Inputs and outputs are bound by name and the graphs' metadata is
+checked at open, so a graph from another model family (or a mismatched pair) fails at load,
+not mid-request. The in-flight batching server reuses ``GPTRunner.step`` and ``sampling``.
+
+Returned tokens: every sampled token in order, EXCEPT a final EOS (EOS is not a semantic
+code for SoVITS). When the stop comes from ``early_stop_num`` the token that crossed the
+limit is kept, so ``early_stop_num=20`` yields 21 tokens (as the kit's ``greedy_tokens``).
+When upstream stops because the argmax is EOS but the sampled token is not, that sampled
+token is kept too. ``last_stop_reason`` tells which rule ended the last ``generate``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from python_backend import sampling
+
+MODEL_TYPE = "gpt-sovits-t2s"
+REQUIRED_METADATA = ("model_type", "n_layer", "n_head", "d_model", "vocab_size", "phone_vocab_size", "eos")
+PREFILL_IO = (("phones", "bert", "prompts"), ("logits", "out_k_cache", "out_v_cache"))
+STEP_IO = (("token", "position", "in_k_cache", "in_v_cache", "attn_mask"), ("logits", "out_k_cache", "out_v_cache"))
+
+
+class GPTGraphError(RuntimeError):
+    """The ONNX graphs are not a matching GPT-SoVITS prefill/step pair."""
+
+
+def _metadata(sess: ort.InferenceSession, path: str) -> dict[str, str]:
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise GPTGraphError(f"{path}: metadata keys missing: {missing}")
+    if meta["model_type"] != MODEL_TYPE:
+        raise GPTGraphError(f"{path}: model_type {meta['model_type']!r}, expected {MODEL_TYPE!r}")
+    return meta
+
+
+def _check_io(sess: ort.InferenceSession, path: str, io: tuple) -> None:
+    ins = {i.name for i in sess.get_inputs()}
+    outs = {o.name for o in sess.get_outputs()}
+    if ins != set(io[0]) or not set(io[1]) <= outs:
+        raise GPTGraphError(f"{path}: inputs {sorted(ins)} / outputs {sorted(outs)}, expected {list(io[0])} / {list(io[1])}")
+
+
+class GPTRunner:
+    def __init__(self, prefill_path: str | Path, step_path: str | Path, providers=None,
+                 session_options: ort.SessionOptions | None = None):
+        providers = providers or ["CPUExecutionProvider"]
+        self.prefill_sess = ort.InferenceSession(str(prefill_path), session_options, providers=providers)
+        self.step_sess = ort.InferenceSession(str(step_path), session_options, providers=providers)
+        _check_io(self.prefill_sess, str(prefill_path), PREFILL_IO)
+        _check_io(self.step_sess, str(step_path), STEP_IO)
+        meta_p = _metadata(self.prefill_sess, str(prefill_path))
+        meta_s = _metadata(self.step_sess, str(step_path))
+        for key in REQUIRED_METADATA:
+            if meta_p[key] != meta_s[key]:
+                raise GPTGraphError(f"prefill and step graphs disagree on {key}: {meta_p[key]} vs {meta_s[key]}")
+        self.metadata = meta_p
+        self.n_layer = int(meta_p["n_layer"])
+        self.n_head = int(meta_p["n_head"])
+        self.d_model = int(meta_p["d_model"])
+        self.vocab_size = int(meta_p["vocab_size"])
+        self.phone_vocab_size = int(meta_p["phone_vocab_size"])
+        self.eos = int(meta_p["eos"])
+        mask_type = next(i.type for i in self.step_sess.get_inputs() if i.name == "attn_mask")
+        self.mask_dtype = np.bool_ if mask_type == "tensor(bool)" else np.float32
+        self.last_stop_reason: str | None = None
+
+    # ------------------------------------------------------------ graph calls
+    def prefill(self, phones: np.ndarray, bert: np.ndarray, prompts: np.ndarray):
+        """phones [B,P] int64, bert [B,1024,P] f32, prompts [B,T] int64 -> (logits, k, v)."""
+        feeds = {
+            "phones": np.ascontiguousarray(phones, dtype=np.int64),
+            "bert": np.ascontiguousarray(bert, dtype=np.float32),
+            "prompts": np.ascontiguousarray(prompts, dtype=np.int64),
+        }
+        return self.prefill_sess.run(list(PREFILL_IO[1]), feeds)
+
+    def step(self, token: np.ndarray, position: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
+             attn_mask: np.ndarray | None = None):
+        """token [B,1], position [B], caches [L,B,S,D], attn_mask [B,S+1] (1 valid, 0 pad; default all valid)."""
+        batch, cache = k_cache.shape[1], k_cache.shape[2]
+        if attn_mask is None:
+            attn_mask = np.ones((batch, cache + 1), dtype=self.mask_dtype)
+        feeds = {
+            "token": np.asarray(token, dtype=np.int64).reshape(batch, 1),
+            "position": np.asarray(position, dtype=np.int64).reshape(batch),
+            "in_k_cache": k_cache,
+            "in_v_cache": v_cache,
+            "attn_mask": np.asarray(attn_mask, dtype=self.mask_dtype),
+        }
+        return self.step_sess.run(list(STEP_IO[1]), feeds)
+
+    # ------------------------------------------------------------ decode loop
+    def generate(self, phones, bert, prompts, top_k: int = 15, top_p: float = 1.0, temperature: float = 1.0,
+                 repetition_penalty: float = 1.35, max_new_tokens: int = sampling.DEFAULT_MAX_NEW_TOKENS,
+                 seed: int | None = None, early_stop_num: int = -1) -> np.ndarray:
+        """Decode one request (batch 1); returns generated tokens int64 [N] (see module doc for EOS)."""
+        phones = np.asarray(phones, dtype=np.int64).reshape(1, -1)
+        prompts = np.asarray(prompts, dtype=np.int64).reshape(1, -1)
+        bert = np.asarray(bert, dtype=np.float32)
+        if bert.ndim == 2:
+            bert = bert[None]
+        if max_new_tokens <= 0:
+            self.last_stop_reason = sampling.STOP_BUDGET
+            return np.zeros(0, np.int64)
+        rng = np.random.default_rng(seed)
+        n_prompt = prompts.shape[1]
+        history = np.empty(n_prompt + max_new_tokens, dtype=np.int64)
+        history[:n_prompt] = prompts[0]
+        logits, k_cache, v_cache = self.prefill(phones, bert, prompts)
+        generated = 0
+        while True:
+            masked = sampling.mask_eos(logits, generated, self.eos)
+            tokens, argmax = sampling.sample(
+                masked, [history[: n_prompt + generated]], top_k=top_k, top_p=top_p, temperature=temperature,
+                repetition_penalty=repetition_penalty, rng=rng)
+            history[n_prompt + generated] = tokens[0]
+            generated += 1
+            reason = sampling.stop_reason(generated, argmax[0], tokens[0], self.eos, early_stop_num, max_new_tokens)
+            if reason is not None:
+                break
+            logits, k_cache, v_cache = self.step(tokens.reshape(1, 1), np.array([n_prompt + generated - 1]),
+                                                 k_cache, v_cache)
+        self.last_stop_reason = reason
+        out = history[n_prompt: n_prompt + generated].copy()
+        if out.size and out[-1] == self.eos:
+            out = out[:-1]
+        return out
