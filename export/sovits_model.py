@@ -182,10 +182,11 @@ class LayerNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
         self.eps = eps
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, -1)
-        x = F.layer_norm(x, (x.shape[-1],), self.gamma, self.beta, self.eps)
+        x = F.layer_norm(x, (self.channels,), self.gamma, self.beta, self.eps)
         return x.transpose(1, -1)
 
 
