@@ -19,7 +19,9 @@ Stages (inputs -> outputs, names bind by name at run time):
                   The caller trims row b to latent_lengths[b] * hop samples. A row shorter than
                   the batch's T' can differ from its solo run in its last samples, because the
                   generator's convolutions see the padded frames (conv bias + ge conditioning)
-                  instead of zero padding there; see ``tests/test_conformance_sovits.py``.
+                  instead of zero padding there: at most :func:`vocoder_tail_samples` samples
+                  (about 11 latent frames for the official configs; metadata
+                  ``vocoder_batch_tail_samples``); measured ~3.5k samples on the kit.
 ``prompt_codes``  ssl [B, 768, T50] f32 (HuBERT, 50 Hz) -> codes [B, T50 // 2] i64 (25 Hz).
 """
 from __future__ import annotations
@@ -72,6 +74,24 @@ class PromptCodesStage(nn.Module):
         return self.model.extract_codes(ssl)
 
 
+def vocoder_tail_samples(cfg) -> int:
+    """Upper bound on how many samples at the end of a row's valid wav can change when the
+    row is vocoded in a batch padded past its length (the generator's leftward reach from
+    the first padded latent frame: conv_pre, each transposed conv's padding, each stage's
+    widest resblock, conv_post). Outside this tail a batched row equals its solo run.
+    """
+    reach = 3 * cfg.hop  # conv_pre, kernel 7
+    rate = 1
+    for u, k in zip(cfg.upsample_rates, cfg.upsample_kernel_sizes):
+        rate *= u
+        per_sample = cfg.hop // rate
+        reach += ((k - u) // 2) * per_sample
+        res = max(sum(d * (rk - 1) // 2 + (rk - 1) // 2 for d in ds)
+                  for rk, ds in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
+        reach += res * per_sample
+    return reach + 3  # conv_post, kernel 7
+
+
 def stage_metadata(model: SynthesizerTrn) -> dict[str, object]:
     """Metadata shared by all SoVITS graphs (the serving side reads it as the contract)."""
     cfg = model.cfg
@@ -92,6 +112,7 @@ def stage_metadata(model: SynthesizerTrn) -> dict[str, object]:
         "sv_emb_dim": str(SV_EMB_DIM if cfg.is_pro else 0),
         "n_phones": str(cfg.n_phones),
         "codebook_size": str(cfg.codebook_size),
+        "vocoder_batch_tail_samples": str(vocoder_tail_samples(cfg)),
         "spectrogram": json.dumps({"n_fft": 2048, "hop": 640, "win": 2048, "window": "hann_periodic",
                                    "pad": "reflect (n_fft-hop)/2", "center": False, "eps": 1e-8}),
     }
