@@ -14,4 +14,5 @@ from .frontend import (  # noqa: F401
     split_sentences,
     symbols_v2,
     text_to_phones,
+    warmup,
 )

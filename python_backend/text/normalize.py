@@ -123,7 +123,7 @@ def zh_number(s: str) -> str:
 
 _SEP = "\ue000"  # private-use marker replacing thousands separators while rules run
 _NUM = r"\d[\d\ue000]*(?:\.\d+)?"
-_MEASURE_WORDS = "个只本位件条张次种块辆台杯瓶家名头匹双对份套首部支把层场篇句声点岁天周月"
+_MEASURE_WORDS = "个只本位件条张次种块辆台杯瓶家名头匹双对份套首部支把层场篇句声点岁天周年"
 
 _ZH_PUNCT_MAP = {
     "，": ",", "、": ",", "；": ",", ";": ",", "：": ",", ":": ",", "·": ",",
@@ -163,7 +163,7 @@ def normalize_zh(text: str) -> str:
     # dates: 2024年3月5日, 2024-03-05, 2024/3/5, 2024.03.05
     text = re.sub(r"(?<!\d)(\d{4})年(\d{1,2})月(\d{1,2})[日号]", _zh_date, text)
     text = re.sub(r"(?<![\d.])(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?![\d.])", _zh_date, text)
-    text = re.sub(r"(?<!\d)(\d{2,4})年", lambda m: zh_digits(m.group(1)) + "年", text)
+    text = re.sub(r"(?<!\d)(\d{4})年", lambda m: zh_digits(m.group(1)) + "年", text)
     text = re.sub(r"(?<!\d)(\d{1,2})月(\d{1,2})[日号]",
                   lambda m: f"{zh_int(int(m.group(1)))}月{zh_int(int(m.group(2)))}日", text)
     # clock times 12:30, 8:05:09
@@ -188,14 +188,14 @@ def normalize_zh(text: str) -> str:
     text = re.sub(r"(?<![\d.])(\d+)/(\d+)(?![\d.])",
                   lambda m: zh_int(int(m.group(2))) + "分之" + zh_int(int(m.group(1))), text)
     # ranges 3-5, 3~5 -> 三到五
-    text = re.sub(r"(?<![\dA-Za-z.])(" + _NUM + r")\s*[-~～]\s*(" + _NUM + ")(?![\d.])",
+    text = re.sub(r"(?<![\dA-Za-z.])(" + _NUM + r")\s*[-~～]\s*(" + _NUM + r")(?![\d.])",
                   lambda m: zh_number(m.group(1)) + "到" + zh_number(m.group(2)), text)
     # negative numbers
     text = re.sub(r"(?<![\dA-Za-z.])-(?=\d)", "负", text)
     # long digit strings (codes, ids, numbers with a leading zero) digit by digit
     text = re.sub(r"(?<![\d.\ue000])(\d{7,}|0\d+)(?![\d.\ue000])", lambda m: zh_digits(m.group(1)), text)
     # 2 + measure word -> 两
-    text = re.sub(r"(?<![\d.])2(?=[" + _MEASURE_WORDS + "])", "两", text)
+    text = re.sub(r"(?<![\d.第])2(?=[" + _MEASURE_WORDS + "])", "两", text)
     # decimals and integers
     text = re.sub(_NUM, lambda m: zh_number(m.group(0)), text)
     # punctuation
