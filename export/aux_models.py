@@ -13,6 +13,10 @@ from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel, HubertConfig, HubertModel
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 from export.errors import InputError
 from export.onnx_io import GraphSpec
@@ -71,7 +75,7 @@ def load_bert(folder: Path) -> BertModel:
     _require_folder(folder, "chinese-roberta-wwm-ext-large")
     if not (folder / "vocab.txt").is_file():
         raise InputError(f"{folder}: no vocab.txt; the BERT folder needs its tokenizer vocabulary")
-    model = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    model = BertModel.from_pretrained(str(folder), attn_implementation="eager", add_pooling_layer=False).eval()
     if model.config.hidden_size != BERT_DIM:
         raise InputError(f"{folder}: hidden_size {model.config.hidden_size}, GPT-SoVITS v2 needs {BERT_DIM}")
     return model
@@ -123,8 +127,9 @@ class BertGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # One sentence per call, no padding: an all-ones attention mask is what upstream passes.
+        out = self.model(input_ids=input_ids, output_hidden_states=True)
         return out.hidden_states[-3]
 
 
@@ -147,10 +152,9 @@ def ssl_spec(model: HubertModel, normalize: bool) -> GraphSpec:
 def bert_spec(model: BertModel) -> GraphSpec:
     ids = torch.tensor([[101, 2000, 2001, 2002, 102]], dtype=torch.int64)
     return GraphSpec(
-        name="bert", module=BertGraph(model), args=(ids, torch.ones_like(ids)),
-        input_names=["input_ids", "attention_mask"], output_names=["hidden"],
-        dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                      "hidden": {0: "batch", 1: "tokens"}},
+        name="bert", module=BertGraph(model), args=(ids,),
+        input_names=["input_ids"], output_names=["hidden"],
+        dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "hidden": {0: "batch", 1: "tokens"}},
         metadata={"model_type": "gpt-sovits-bert", "dim": BERT_DIM, "layer": -3,
                   "vocab_size": int(model.config.vocab_size)},
     )

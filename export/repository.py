@@ -80,15 +80,19 @@ class StagedVersion:
     staging folder and leaves the repository as it was.
     """
 
-    def __init__(self, repo: Path, voice: str, version: int | None):
+    def __init__(self, repo: Path, voice: str, version: int | None, model_name: str | None = None):
+        """``voice`` names a voice; ``model_name`` instead stages a version of a shared model."""
         self.repo = Path(repo)
-        self.voice = layout.check_voice_name(voice)
+        self.voice = voice if model_name else layout.check_voice_name(voice)
         if not self.repo.is_dir():
             raise InputError(f"{self.repo}: model repository folder does not exist; create it first (mkdir -p)")
-        self.version = version if version is not None else next_version(self.repo, voice)
+        model_dir = self.repo / model_name if model_name else layout.voice_dir(self.repo, voice)
+        if version is None:
+            version = next_version(self.repo, voice) if not model_name else max(layout.version_numbers(model_dir), default=0) + 1
+        self.version = version
         if self.version < 1:
             raise InputError(f"--version {self.version}: versions are positive integers")
-        self.target = layout.voice_dir(self.repo, voice) / str(self.version)
+        self.target = model_dir / str(self.version)
         if self.target.exists():
             raise InputError(f"{self.target} already exists; versions are immutable, pick another --version")
         clean_stale_staging(self.repo)

@@ -1,0 +1,125 @@
+"""The ``gsv-triton`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEMO_FILES = {"gpt": "gpt.ckpt", "sovits": "sovits.pth", "ref": "ref.wav", "text": "ref.txt", "sv": "sv_emb.npy"}
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpt", type=Path, required=True, help="GPT checkpoint (*.ckpt, stage 1)")
+    p.add_argument("--sovits", type=Path, required=True, help="SoVITS checkpoint (*.pth, stage 2)")
+    p.add_argument("--ref-audio", type=Path, required=True, help="reference clip (3-10 s of speech)")
+    p.add_argument("--ref-text", required=True, help="transcript of the reference clip")
+    p.add_argument("--ref-lang", default="zh", help="language of the transcript: zh, en or auto")
+    p.add_argument("--voice", required=True, help="voice name (letters, digits, _ and -)")
+    p.add_argument("--repo", type=Path, required=True, help="Triton model repository folder")
+    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument("--label", default="", help="free-form label, e.g. v2.1")
+    p.add_argument("--hubert", type=Path, help="local chinese-hubert-base folder (once per repository)")
+    p.add_argument("--bert", type=Path, help="local chinese-roberta-wwm-ext-large folder (once per repository)")
+    p.add_argument("--sv-emb", type=Path, help="v2Pro/v2ProPlus: the reference's 20480-d speaker embedding (.npy)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--int8-decode", action="store_true", help="int8 dynamic quantization of the GPT decode step (CPU)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gsv-triton", description="Serve GPT-SoVITS voices on Triton")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo-voice", help="write random-weight checkpoints and a reference clip (offline)")
+    demo.add_argument("out_dir", type=Path)
+    demo.add_argument("--size", choices=["full", "tiny"], default="full")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--sovits-version", choices=["v2", "v2Pro", "v2ProPlus"], default="v2")
+
+    _add_export_args(sub.add_parser("export", help="export a voice version into a model repository"))
+
+    inspect = sub.add_parser("inspect", help="print an ONNX graph's inputs, outputs and metadata")
+    inspect.add_argument("graph", type=Path)
+    return parser.parse_args(argv)
+
+
+def cmd_demo_voice(args) -> int:
+    from export import aux_models, demo
+
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    demo.write_gpt(out / DEMO_FILES["gpt"], args.size, args.seed)
+    demo.write_sovits(out / DEMO_FILES["sovits"], args.sovits_version, args.size, args.seed)
+    demo.write_reference(out / DEMO_FILES["ref"], args.seed)
+    (out / DEMO_FILES["text"]).write_text(demo.DEMO_TEXT + "\n", encoding="utf-8")
+    ssl_dir, bert_dir = aux_models.write_demo_aux(out, args.size, args.seed)
+    extra = ""
+    if args.sovits_version != "v2":
+        import numpy as np
+
+        np.save(out / DEMO_FILES["sv"], np.random.default_rng(args.seed).standard_normal(20480).astype("float32") * 0.1)
+        extra = f" --sv-emb {out / DEMO_FILES['sv']}"
+    print(f"wrote demo voice ({args.size}, {args.sovits_version}) to {out}")
+    print(f"next: gsv-triton export --gpt {out / DEMO_FILES['gpt']} --sovits {out / DEMO_FILES['sovits']} "
+          f"--ref-audio {out / DEMO_FILES['ref']} --ref-text '{demo.DEMO_TEXT}' --ref-lang zh "
+          f"--hubert {ssl_dir} --bert {bert_dir}{extra} --voice demo --repo REPO")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from export.voice_export import ExportOptions, export_voice, manifest_summary
+
+    opts = ExportOptions(
+        gpt=args.gpt, sovits=args.sovits, ref_audio=args.ref_audio, ref_text=args.ref_text, ref_lang=args.ref_lang,
+        voice=args.voice, repo=args.repo, version=args.version, label=args.label, hubert=args.hubert,
+        bert=args.bert, sv_emb=args.sv_emb, precision=args.precision, int8_decode=args.int8_decode,
+        progress=not args.no_progress,
+    )
+    target = export_voice(opts)
+    print(f"wrote {target} {manifest_summary(target)}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import onnx
+
+    model = onnx.load(str(args.graph), load_external_data=False)
+
+    def dims(t):
+        return [d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim]
+
+    print(json.dumps({
+        "inputs": {i.name: dims(i) for i in model.graph.input},
+        "outputs": {o.name: dims(o) for o in model.graph.output},
+        "opset": [o.version for o in model.opset_import],
+        "metadata": {p.key: p.value for p in model.metadata_props},
+    }, indent=1, ensure_ascii=False))
+    return 0
+
+
+COMMANDS = {"demo-voice": cmd_demo_voice, "export": cmd_export, "inspect": cmd_inspect}
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    from export.errors import ExportError
+    from python_backend.audio import AudioError
+    from python_backend.layout import LayoutError
+    from python_backend.manifest import ManifestError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ExportError, AudioError, LayoutError, ManifestError) as exc:
+        print(f"gsv-triton: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # TextError and other input errors from the front end
+        print(f"gsv-triton: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gsv-triton: interrupted; the repository is unchanged", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""``gsv-triton export``: GPT + SoVITS checkpoints and a reference clip -> a new voice version.
+
+Order matters for "bad input loses nothing": every cheap check (names, files, checkpoint
+formats, pairing, reference clip, transcript) runs before anything is written; the graphs
+are then written to a staging folder, validated against torch there, and only then renamed
+into the repository.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from export import precision as precision_mod
+from export.checkpoints import Checkpoint, read_gpt, read_sovits
+from export.errors import InputError
+from export.gpt_model import GPT, gpt_graph_specs
+from export.onnx_io import OPSET, export_graph
+from export.repository import StagedVersion
+from export.shared_models import ensure_shared
+from export.sovits_model import build_sovits
+from export.sovits_stages import sovits_graph_specs
+from python_backend import golden as golden_mod
+from python_backend import layout
+from python_backend.audio import AudioError, load_reference, prompt_input
+from python_backend.gpt_runner import GPTRunner
+from python_backend.manifest import GraphEntry, Reference, SourceFile, VoiceManifest
+from python_backend.model_config import voice_model_spec
+from python_backend.onnx_stage import OnnxStage
+from python_backend.spectrogram import reference_spectrogram
+from python_backend.text.frontend import CharTokenizer, TextError, bert_features_per_phone, text_to_phones
+
+EXPORTER_VERSION = "0.1.0"
+VOICE_MODEL_PY = '"""Voice version model: thin adapter; the logic is in python_backend."""\nfrom python_backend.triton_voice import TritonPythonModel  # noqa: F401\n'
+GRAPH_STAGES = ("gpt_prefill", "gpt_step", "sovits", "vocoder", "speaker", "prompt_codes")
+
+
+@dataclass
+class ExportOptions:
+    gpt: Path
+    sovits: Path
+    ref_audio: Path
+    ref_text: str
+    ref_lang: str
+    voice: str
+    repo: Path
+    version: int | None = None
+    label: str = ""
+    hubert: Path | None = None
+    bert: Path | None = None
+    sv_emb: Path | None = None
+    precision: str = "fp32"
+    int8_decode: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ReferenceData:
+    phones: np.ndarray  # [P] int64
+    bert: np.ndarray  # [1024, P]
+    prompts: np.ndarray  # [T] int64
+    spec: np.ndarray  # [1025, F]
+    sv_emb: np.ndarray | None
+    ge: np.ndarray  # [1, gin, 1]
+    seconds: float
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_pair(gpt: Checkpoint, sovits: Checkpoint) -> None:
+    """A GPT and a SoVITS model must share the phone table to be one voice."""
+    gpt_phones = gpt.state_dict["ar_text_embedding.word_embeddings.weight"].shape[0]
+    sovits_phones = sovits.state_dict["enc_p.text_embedding.weight"].shape[0]
+    if gpt_phones != sovits_phones:
+        raise InputError(f"GPT ({gpt.path.name}) has {gpt_phones} phones but SoVITS ({sovits.path.name}) has {sovits_phones}; they are not one voice")
+    codebook = sovits.state_dict["quantizer.vq.layers.0._codebook.embed"].shape[0]
+    vocab = gpt.state_dict["ar_audio_embedding.word_embeddings.weight"].shape[0]
+    if vocab != codebook + 1:
+        raise InputError(f"GPT has {vocab} semantic tokens but SoVITS's codebook has {codebook} (+EOS expected)")
+
+
+def _phones_and_bert(text: str, lang: str, bert_graph: Path, vocab: Path) -> tuple[np.ndarray, np.ndarray]:
+    seq = text_to_phones(text, lang)
+    if seq.bert_text:
+        ids = CharTokenizer.from_vocab_file(vocab).encode(seq.bert_text)
+        sess = ort.InferenceSession(str(bert_graph), providers=["CPUExecutionProvider"])
+        hidden = sess.run(["hidden"], {"input_ids": ids})[0][0, 1:-1]
+        bert = bert_features_per_phone(hidden, seq)
+    else:
+        bert = np.zeros((1024, seq.phone_ids.size), np.float32)
+    return seq.phone_ids.astype(np.int64), bert.astype(np.float32)
+
+
+def reference_data(opts: ExportOptions, sovits, shared, is_pro: bool) -> ReferenceData:
+    clip = load_reference(opts.ref_audio)
+    phones, bert = _phones_and_bert(opts.ref_text, opts.ref_lang, shared.bert, shared.vocab)
+    ssl_sess = ort.InferenceSession(str(shared.ssl), providers=["CPUExecutionProvider"])
+    ssl = ssl_sess.run(["ssl"], {"wav16k": prompt_input(clip.wav16k)})[0]
+    spec = reference_spectrogram(clip.wav32k)
+    sv = None
+    if is_pro:
+        sv = np.load(opts.sv_emb).astype(np.float32).reshape(1, -1)
+        if sv.shape[1] != 20480:
+            raise InputError(f"--sv-emb {opts.sv_emb}: {sv.shape[1]} values, expected 20480")
+    with torch.no_grad():
+        prompts = sovits.extract_codes(torch.from_numpy(ssl))[0].numpy().astype(np.int64)
+        ge = sovits.get_ge(torch.from_numpy(spec[None]), None if sv is None else torch.from_numpy(sv)).numpy()
+    return ReferenceData(phones, bert, prompts, spec.astype(np.float32), sv, ge, clip.seconds)
+
+
+def _torch_golden(gpt: GPT, sovits, ref: ReferenceData) -> golden_mod.GoldenSample:
+    """Fixed inputs from the voice's own reference, and what torch computes from them."""
+    phones = np.concatenate([ref.phones, ref.phones])[None]
+    bert = np.concatenate([ref.bert, ref.bert], axis=1)[None]
+    prompts = ref.prompts[None]
+    forced = ref.prompts[: min(8, ref.prompts.size)][None]
+    codes = ref.prompts[: min(50, ref.prompts.size)][None]
+
+    def prefill(p, b, y):
+        out = gpt.prefill(torch.from_numpy(p), torch.from_numpy(b), torch.from_numpy(y))
+        return [t.numpy() for t in out]
+
+    def step(tok, pos, k, v):
+        mask = torch.ones(tok.shape[0], k.shape[2] + 1)
+        out = gpt.step(torch.from_numpy(tok), torch.from_numpy(pos), torch.from_numpy(k), torch.from_numpy(v), mask)
+        return [t.numpy() for t in out]
+
+    with torch.no_grad():
+        logits, k, v = prefill(phones, bert, prompts)
+        steps = []
+        for i, tok in enumerate(forced[0]):
+            out, k, v = step(np.array([[tok]]), np.array([prompts.shape[1] + i]), k, v)
+            steps.append(out)
+        greedy = golden_mod.greedy_reference(step, prefill, (phones, bert, prompts), gpt.cfg.eos)
+        wav = sovits.decode(torch.from_numpy(codes), torch.from_numpy(ref.phones[None]),
+                            torch.from_numpy(ref.spec[None]), None if ref.sv_emb is None else torch.from_numpy(ref.sv_emb))
+    return golden_mod.GoldenSample(
+        phones=phones, bert=bert.astype(np.float32), prompts=prompts, forced=forced, codes=codes,
+        target_phones=ref.phones[None], ge=ref.ge.astype(np.float32), prefill_logits=logits,
+        step_logits=np.stack(steps, axis=1), greedy=greedy, wav=wav.numpy().reshape(-1),
+    )
+
+
+def _graph_entries(folder: Path, reports: dict) -> dict[str, GraphEntry]:
+    return {name: GraphEntry(file=f"{name}.onnx", sha256=_sha256(folder / f"{name}.onnx"),
+                             bytes=(folder / f"{name}.onnx").stat().st_size, optimization=reports.get(name, {}))
+            for name in GRAPH_STAGES}
+
+
+def _open_graphs(folder: Path) -> tuple[GPTRunner, OnnxStage, OnnxStage]:
+    runner = GPTRunner(folder / "gpt_prefill.onnx", folder / "gpt_step.onnx")
+    return runner, OnnxStage(folder / "sovits.onnx"), OnnxStage(folder / "vocoder.onnx")
+
+
+def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
+    layout.check_voice_name(opts.voice)
+    if opts.precision not in precision_mod.PRECISIONS:
+        raise InputError(f"--precision {opts.precision!r}: choose one of {precision_mod.PRECISIONS}")
+    if not Path(opts.repo).is_dir():
+        raise InputError(f"--repo {opts.repo}: folder not found; create it first (mkdir -p)")
+    if opts.version is not None and (layout.voice_dir(opts.repo, opts.voice) / str(opts.version)).exists():
+        raise InputError(f"voice {opts.voice} version {opts.version} already exists; versions are immutable")
+    if opts.ref_lang not in ("zh", "en", "auto"):
+        raise InputError(f"--ref-lang {opts.ref_lang!r}: use zh, en or auto")
+    gpt_ckpt, sovits_ckpt = read_gpt(opts.gpt), read_sovits(opts.sovits)
+    check_pair(gpt_ckpt, sovits_ckpt)
+    if sovits_ckpt.version in ("v2Pro", "v2ProPlus") and opts.sv_emb is None:
+        raise InputError(f"{sovits_ckpt.version} voices need the reference's speaker-verification embedding: pass --sv-emb FILE.npy (20480 values)")
+    try:
+        load_reference(opts.ref_audio)
+        text_to_phones(opts.ref_text, opts.ref_lang)
+    except (AudioError, TextError) as exc:
+        raise InputError(str(exc)) from None
+    return gpt_ckpt, sovits_ckpt
+
+
+def export_voice(opts: ExportOptions) -> Path:
+    """Run the whole export; returns the published version folder."""
+    gpt_ckpt, sovits_ckpt = _preflight(opts)
+    bar = tqdm(total=7, desc="export", disable=not opts.progress, unit="step")
+    shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar)
+    bar.update(1)
+    bar.set_description("load torch models")
+    gpt, sovits = GPT.from_checkpoint(gpt_ckpt), build_sovits(sovits_ckpt)
+    bar.update(1)
+    bar.set_description("reference data")
+    ref = reference_data(opts, sovits, shared, sovits.cfg.is_pro)
+    sample = _torch_golden(gpt, sovits, ref)
+    bar.update(1)
+    with StagedVersion(opts.repo, opts.voice, opts.version) as staged:
+        bar.set_description("export graphs")
+        reports = {}
+        for spec in gpt_graph_specs(gpt) + sovits_graph_specs(sovits):
+            reports[spec.name] = export_graph(spec, staged.path).optimization
+        bar.update(1)
+        bar.set_description("validate graphs")
+        tolerances = golden_mod.TOLERANCES["fp32"]
+        metrics = golden_mod.measure(*_open_graphs(staged.path), sample)
+        problems = golden_mod.failures(metrics, tolerances)
+        if problems:
+            raise InputError(f"exported graphs disagree with torch: {'; '.join(problems)}")
+        quality = {"fp32": metrics}
+        bar.update(1)
+        bar.set_description("precision")
+        quality.update(precision_mod.apply(staged.path, opts.precision, opts.int8_decode, sample, metrics))
+        tolerances = precision_mod.tolerances(opts.precision, opts.int8_decode)
+        bar.update(1)
+        bar.set_description("write version")
+        sample.save(staged.path)
+        np.savez(staged.path / "reference.npz", phones=ref.phones, bert=ref.bert, prompts=ref.prompts,
+                 ge=ref.ge, spec=ref.spec, **({"sv_emb": ref.sv_emb} if ref.sv_emb is not None else {}))
+        (staged.path / "model.py").write_text(VOICE_MODEL_PY)
+        manifest = VoiceManifest(
+            voice=opts.voice, version=staged.version, label=opts.label or f"v{staged.version}",
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            sovits_version=sovits_ckpt.version, precision=opts.precision, sample_rate=sovits.cfg.sample_rate,
+            hop_length=sovits.cfg.hop,
+            sources=[SourceFile(str(gpt_ckpt.path), gpt_ckpt.sha256, "gpt", gpt_ckpt.version),
+                     SourceFile(str(sovits_ckpt.path), sovits_ckpt.sha256, "sovits", sovits_ckpt.version)],
+            graphs=_graph_entries(staged.path, reports),
+            reference=Reference(text=opts.ref_text, language=opts.ref_lang, phones=int(ref.phones.size),
+                                prompt_tokens=int(ref.prompts.size), audio_seconds=round(ref.seconds, 3)),
+            golden_file=golden_mod.GOLDEN_FILE, tolerances=tolerances,
+            sizes={"gpt_layers": gpt.cfg.n_layer, "gpt_width": gpt.cfg.d_model, "gpt_heads": gpt.cfg.n_head,
+                   "gin_channels": sovits.cfg.gin_channels, "eos": gpt.cfg.eos},
+            tools={"exporter": EXPORTER_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
+                   "onnxruntime": ort.__version__, "opset": str(OPSET),
+                   "shared_ssl": str(shared.ssl.relative_to(opts.repo)), "shared_bert": str(shared.bert.relative_to(opts.repo))},
+            quality=quality,
+        )
+        manifest.validate()
+        manifest.write(staged.path)
+        target = staged.publish(voice_model_spec(layout.voice_model(opts.voice)))
+        bar.update(1)
+    bar.close()
+    return target
+
+
+def manifest_summary(folder: Path) -> str:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return json.dumps({k: manifest[k] for k in ("voice", "version", "label", "precision", "sovits_version")})
