@@ -119,6 +119,7 @@ def test_no_torch_or_transformers_imports_in_text_package():
     ("四", "s i04"),
     ("展览馆", "zh an2 l an2 g uan3"),  # 2+1: 3-3-3 -> 2-2-3
     ("纸老虎", "zh ir3 l ao2 h u3"),    # 1+2: 3-3-3 -> 3-2-3
+    ("效果很好", "x iao4 g uo3 h en2 h ao3"),
     ("我们", "w uo3 m en5"),
     ("你好，世界！", "n i2 h ao3 , sh ir4 j ie4 !"),
 ])
@@ -229,6 +230,8 @@ def test_en_numbers():
     ("the 1980s", "the nineteen eighties"),
     ("well-known café", "well known cafe"),
     ("Wait... what?!", "Wait … what ?"),
+    ("On Jan. 5th", "On January fifth"),
+    ("at 9 a.m. in the U.S.", "at nine a.m. in the U.S."),
 ])
 def test_normalize_en(raw, norm):
     assert normalize_en(raw) == norm
@@ -237,6 +240,7 @@ def test_normalize_en(raw, norm):
 def test_en_dictionary_words():
     assert en_phones("Hello, world!") == "HH AH0 L OW1 , W ER1 L D !"
     assert en_phones("don't") == "D OW1 N T"
+    assert en_phones("the U.S. team") == "DH AH0 Y UW1 EH1 S T IY1 M"
 
 
 def test_en_oov_fallbacks():
@@ -339,6 +343,7 @@ def test_split_sentences_length():
     hard = "啊" * 25
     assert split_sentences(hard, max_chars=10) == ["啊" * 10, "啊" * 10, "啊" * 5]
     assert split_sentences("第一行\n第二行") == ["第一行", "第二行"]
+    assert split_sentences("At 9 a.m. on Jan. 5 we met. Then") == ["At 9 a.m. on Jan. 5 we met.", "Then"]
     assert split_sentences("") == []
     with pytest.raises(ValueError):
         split_sentences("x", max_chars=0)

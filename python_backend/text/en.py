@@ -8,7 +8,8 @@ lower-cased; the first cmudict pronunciation is used.  The punctuation marks
 
 Out-of-vocabulary words get a deterministic fallback, tried in this order:
 
-1. all-caps words that cmudict lacks (``GPT``) are spelled letter by letter;
+1. all-caps words that cmudict lacks (``GPT``) and dotted acronyms (``U.S.``,
+   ``a.m.``) are spelled letter by letter;
 2. possessive / contraction ``'s`` and common suffixes on a known base
    (-s, -es, -ed, -ing, -er, -ers, -est, -ly, -ness, -ment, -less, -ful, -able),
    with the usual spelling changes (dropped final e, doubled consonant, y -> i);
@@ -173,8 +174,10 @@ def word_to_phones(word: str) -> tuple[str, ...]:
 
 def g2p_en_normalized(text: str) -> list[str]:
     phones: list[str] = []
-    for tok in re.findall(r"[A-Za-z']+|[,.!?…\-]", text):
-        if tok in EN_PUNCT:
+    for tok in re.findall(r"(?:[A-Za-z]\.){2,}|[A-Za-z']+|[,.!?…\-]", text):
+        if tok.endswith(".") and len(tok) > 1:  # dotted acronym: U.S. -> letter names
+            phones.extend(spell(tok.replace(".", "")))
+        elif tok in EN_PUNCT:
             phones.append(tok)
         else:
             phones.extend(word_to_phones(tok))

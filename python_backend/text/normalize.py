@@ -312,8 +312,15 @@ _EN_ABBREVIATIONS = {
     "gen": "general", "lt": "lieutenant", "sgt": "sergeant", "col": "colonel",
     "maj": "major", "rev": "reverend", "hon": "honorable", "ft": "fort", "mt": "mount",
     "approx": "approximately", "dept": "department", "est": "established",
+    "jan": "January", "feb": "February", "mar": "March", "apr": "April", "jun": "June",
+    "jul": "July", "aug": "August", "sep": "September", "sept": "September",
+    "oct": "October", "nov": "November", "dec": "December",
 }
 _ABBR_RE = re.compile(r"\b(" + "|".join(_EN_ABBREVIATIONS) + r")\.", re.IGNORECASE)
+# dotted acronyms (U.S., a.m.) stay one token "U.S." that the g2p spells out;
+# while the rules run, their dots are this private-use character
+_ACRO_DOT = "\ue001"
+_ACRONYM_RE = re.compile(r"\b(?:[A-Za-z]\.){2,}")
 
 _CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"),
                "£": ("pound", "pounds", "penny", "pence"),
@@ -369,6 +376,7 @@ def normalize_en(text: str) -> str:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = text.replace("...", "…")
+    text = _ACRONYM_RE.sub(lambda m: m.group(0).replace(".", _ACRO_DOT), text)
     text = _ABBR_RE.sub(lambda m: _EN_ABBREVIATIONS[m.group(1).lower()], text)
     text = re.sub(r"\bvs\b", "versus", text, flags=re.IGNORECASE)
     text = re.sub(r"\bNo\.\s*(?=\d)", "number ", text)
@@ -393,9 +401,9 @@ def normalize_en(text: str) -> str:
     # hyphenated words are read as separate words; a free-standing dash stays a '-' pause
     text = re.sub(r"(?<=[A-Za-z])-(?=[A-Za-z])", " ", text)
     # keep letters, apostrophes inside words, and the punctuation phones
-    text = re.sub(r"[^A-Za-z',.!?…\- ]", " ", text)
+    text = re.sub(r"[^A-Za-z',.!?…\- " + _ACRO_DOT + "]", " ", text)
     text = re.sub(r"(?<![A-Za-z])'|'(?![A-Za-z])", " ", text)
     text = re.sub(r"\s*([,.!?…\-])\s*", r" \1 ", text)
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(r"([,.!?…\-])( [,.!?…\-])+", r"\1", text)
-    return text
+    return text.replace(_ACRO_DOT, ".")

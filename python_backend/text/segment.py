@@ -16,7 +16,8 @@ newlines also end a sentence.  A sentence longer than ``max_chars`` (default
 ``DEFAULT_MAX_CHARS`` = 60 characters, whitespace included) is cut again at
 the last clause mark (，,、；;：:) that keeps the piece within the limit, then at
 the last space, and as a last resort hard at ``max_chars``.  Pieces holding no
-letter, digit or hanzi are appended to the previous piece.
+letter, digit or hanzi (stray punctuation) are appended to the previous piece,
+which may then exceed ``max_chars`` by those marks.
 """
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def split_languages(text: str, mode: str = "auto") -> list[tuple[str, str]]:
 
 _ABBREV = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "co", "ltd", "inc", "vs", "etc", "prof",
            "capt", "gen", "lt", "sgt", "col", "maj", "rev", "hon", "ft", "mt", "no", "approx",
-           "dept", "est", "e.g", "i.e"}
+           "dept", "est", "e.g", "i.e", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+           "sept", "oct", "nov", "dec"}
 _FINAL = "。！？!?…"
 _CLAUSE = "，,、；;：:"
 
@@ -107,8 +109,9 @@ def _sentence_ends(text: str) -> list[int]:
             if nxt in ".!?…\"'”’)）":
                 continue
             m = re.search(r"([A-Za-z.]+)$", text[:i])
-            if m and m.group(1).lower() in _ABBREV:
-                continue
+            if m and (m.group(1).lower() in _ABBREV
+                      or re.fullmatch(r"(?:[A-Za-z]\.)+[A-Za-z]", m.group(1))):
+                continue  # Mr. / e.g. / a.m. / U.S.
             if nxt and not nxt.isspace() and _char_lang(nxt) == "en":
                 continue  # e.g. file.txt, www.x.com
             ends.append(i + 1)

@@ -187,9 +187,9 @@ def apply_tone_sandhi(words: list[tuple[str, str]], pinyins: list[list[str]]) ->
     2. 不: X不X inside a word (看不懂) -> bu5; before a 4th tone -> bu2; else bu4;
     3. 一: inside numbers or after 第 -> yi1; X一X (看一看) -> yi5; before a 4th
        tone -> yi2; before another tone -> yi4; before a pause / at the end -> yi1;
-    4. third tone: words that are too short to stand alone are grouped with their
-       neighbour when 3 meets 3 (at most 3 characters per group, as upstream
-       does), then 3-3 -> 2-3 inside sub-words (3-char words split 2+1 or 1+2 by
+    4. third tone: where 3 meets 3, adjacent one-character words are first paired
+       (我/也/想/你 -> 我也 想你), then neighbours are merged greedily while a group
+       stays within 3 characters (as upstream does); then 3-3 -> 2-3 inside sub-words (3-char words split 2+1 or 1+2 by
        the jieba dictionary, longer ones in pairs) and across sub-word boundaries.
     """
     pys = [list(p) for p in pinyins]
@@ -263,20 +263,29 @@ def apply_tone_sandhi(words: list[tuple[str, str]], pinyins: list[list[str]]) ->
                 tone = 4
         pys[wi][ci] = _set_tone(pys[wi][ci], tone)
     # 4. third tone: group short words, then apply
+    def joinable(a: list[int], b: list[int], limit: int) -> bool:
+        la, fb = a[-1], b[0]
+        if _is_punct_word(words[la][0]) or _is_punct_word(words[fb][0]):
+            return False
+        size = sum(len(words[i][0]) for i in a + b)
+        return size <= limit and _tone(pys[la][-1]) == 3 and _tone(pys[fb][0]) == 3
+
+    # pass 1: pair up single-character words (效果/很/好 -> 效果 (很好))
     groups: list[list[int]] = []
-    for wi, (word, _) in enumerate(words):
-        if _is_punct_word(word):
+    for wi in range(len(words)):
+        if (groups and len(groups[-1]) == 1 and len(words[groups[-1][0]][0]) == 1
+                and len(words[wi][0]) == 1 and joinable(groups[-1], [wi], 2)):
+            groups[-1].append(wi)
+        else:
             groups.append([wi])
-            continue
-        if groups:
-            prev = groups[-1]
-            prev_len = sum(len(words[i][0]) for i in prev)
-            last = prev[-1]
-            if (not _is_punct_word(words[last][0]) and prev_len + len(word) <= 3
-                    and _tone(pys[last][-1]) == 3 and _tone(pys[wi][0]) == 3):
-                prev.append(wi)
-                continue
-        groups.append([wi])
+    # pass 2: greedy merge of neighbours up to 3 characters (upstream's rule)
+    merged: list[list[int]] = []
+    for g in groups:
+        if merged and joinable(merged[-1], g, 3):
+            merged[-1] = merged[-1] + g
+        else:
+            merged.append(g)
+    groups = merged
     for g in groups:
         if len(g) == 1 and _is_punct_word(words[g[0]][0]):
             continue
