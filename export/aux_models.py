@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub: folders are local
 from transformers import BertConfig, BertModel, HubertConfig, HubertModel
 from transformers.utils import logging as hf_logging
 

@@ -107,14 +107,15 @@ def main(argv=None) -> int:
     from python_backend.audio import AudioError
     from python_backend.layout import LayoutError
     from python_backend.manifest import ManifestError
+    from python_backend.text.frontend import TextError
 
     try:
         return COMMANDS[args.command](args)
-    except (ExportError, AudioError, LayoutError, ManifestError) as exc:
+    except (ExportError, AudioError, LayoutError, ManifestError, TextError) as exc:
         print(f"gsv-triton: error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # TextError and other input errors from the front end
-        print(f"gsv-triton: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # disk full, permissions: name the cause, the repository is unchanged
+        print(f"gsv-triton: error: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gsv-triton: interrupted; the repository is unchanged", file=sys.stderr)

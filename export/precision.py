@@ -4,7 +4,8 @@
 and outputs stay float32, so the server code does not change); it targets GPUs, and on a CPU
 onnxruntime often runs it slower, which the manifest then shows. ``int8_decode`` applies
 onnxruntime's dynamic int8 quantization to the GPT decode-step graph, the part of a CPU
-request that is bound by memory bandwidth. The speaker and prompt graphs run once per voice
+request that is bound by memory bandwidth; with both, the decode step is int8 over float32
+activations (dynamic quantization cannot take float16 ones) and the rest float16. The speaker and prompt graphs run once per voice
 and stay float32.
 """
 from __future__ import annotations
@@ -124,7 +125,8 @@ def apply(folder: Path, precision: str, int8_decode: bool, sample: golden_mod.Go
     quality["fp32_timing"] = {k: v for k, v in measure_folder(folder, sample).items() if k.endswith("_ms") or "_ms_" in k}
     if precision == "fp16":
         for stage in FP16_STAGES:
-            _to_fp16(folder / f"{stage}.onnx")
+            if not (int8_decode and stage == "gpt_step"):  # int8 quantization needs float32 activations
+                _to_fp16(folder / f"{stage}.onnx")
         quality["fp16"] = measure_folder(folder, sample)
     if int8_decode:
         _to_int8(folder / "gpt_step.onnx")

@@ -22,8 +22,9 @@ class TensorSpec:
         if self.dtype not in _DTYPES:
             raise ValueError(f"tensor {self.name}: dtype {self.dtype!r} not one of {sorted(_DTYPES)}")
         dims = ", ".join(str(d) for d in self.dims)
+        proto_type = "STRING" if self.dtype == "BYTES" else self.dtype  # Triton's config enum calls BYTES "STRING"
         opt = "\n    optional: true" if self.optional else ""
-        return f'  {{\n    name: "{self.name}"\n    data_type: TYPE_{self.dtype}\n    dims: [ {dims} ]{opt}\n  }}'
+        return f'  {{\n    name: "{self.name}"\n    data_type: TYPE_{proto_type}\n    dims: [ {dims} ]{opt}\n  }}'
 
 
 @dataclass
