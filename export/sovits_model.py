@@ -442,11 +442,18 @@ class ResBlock1(nn.Module):
             nn.Conv1d(channels, channels, kernel_size, dilation=1, padding=(kernel_size - 1) // 2) for _ in dilations
         )
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
+        """``mask`` [B, 1, T] (1 valid, 0 padded) zeroes every conv input past a row's length, as
+        upstream HiFi-GAN's ``x_mask``; None (one row, no padding) is the plain block."""
+        if mask is None:
+            for c1, c2 in zip(self.convs1, self.convs2):
+                x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            return x
         for c1, c2 in zip(self.convs1, self.convs2):
-            xt = c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            xt = c1(F.leaky_relu(x, LRELU_SLOPE) * mask)
+            xt = c2(F.leaky_relu(xt, LRELU_SLOPE) * mask)
             x = x + xt
-        return x
+        return x * mask
 
 
 class Generator(nn.Module):
@@ -464,18 +471,36 @@ class Generator(nn.Module):
                 self.resblocks.append(ResBlock1(cout, rk, rd))
         self.conv_post = nn.Conv1d(cout, 1, 7, padding=3, bias=False)
         self.cond = nn.Conv1d(cfg.gin_channels, ch, 1)
+        self.upsample_rates = tuple(cfg.upsample_rates)
 
-    def forward(self, x, g):
+    def forward(self, x, g, lengths: torch.Tensor | None = None):
+        """x [B, inter, T] latent, g [B, gin, 1] -> wav [B, 1, T * hop].
+
+        ``lengths`` [B] (latent frames per row) makes a padded batch exact: every
+        convolution's input is zeroed past the row's length at its stage's rate (latent
+        frames x the cumulative upsample factor), so a row's padding acts as the zero padding
+        of its solo run. Without masks, conv biases and the ge conditioning make padded
+        frames non-zero and the last ~0.1 s of shorter rows changes. Full lengths (or None)
+        give the unmasked result: the masks are then all ones.
+        """
+        mask = None if lengths is None else sequence_mask(lengths, x.shape[2]).to(x.dtype)
         x = self.conv_pre(x) + self.cond(g)
+        if mask is not None:
+            x = x * mask
+        rate = 1
         for i, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, LRELU_SLOPE))
+            if lengths is not None:
+                rate *= self.upsample_rates[i]
+                mask = sequence_mask(lengths * rate, x.shape[2]).to(x.dtype)
+                x = x * mask
             xs = None
             for j in range(self.num_kernels):
-                r = self.resblocks[i * self.num_kernels + j](x)
+                r = self.resblocks[i * self.num_kernels + j](x, mask)
                 xs = r if xs is None else xs + r
             x = xs / self.num_kernels
-        x = self.conv_post(F.leaky_relu(x, 0.01))
-        return torch.tanh(x)
+        x = torch.tanh(self.conv_post(F.leaky_relu(x, 0.01)))
+        return x if mask is None else x * mask
 
 
 # --------------------------------------------------------------------------- speaker encoder
@@ -610,8 +635,9 @@ class SynthesizerTrn(nn.Module):
         z = self.flow.reverse(z_p, mask, ge)
         return z * mask, lengths
 
-    def vocode(self, z: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
-        return self.dec(z, ge)
+    def vocode(self, z: torch.Tensor, ge: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """z [B, inter, T] -> wav [B, 1, T * hop]; ``lengths`` [B] latent frames (see ``Generator``)."""
+        return self.dec(z, ge, lengths)
 
     def decode(self, codes, phones, refer_spec, sv_emb=None, noise_scale: float = 0.0, speed: float = 1.0, generator=None):
         """Upstream ``decode`` for one request: codes [1, 1, T] or [1, T] -> wav [1, 1, T*2*hop]."""

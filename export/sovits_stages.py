@@ -16,12 +16,15 @@ Stages (inputs -> outputs, names bind by name at run time):
                   :func:`export.sovits_model.interpolate_rows`); one speed per batch.
                   Padded rows/frames never change another row's valid part (masks throughout).
 ``vocoder``       latent [B, 192, T'] f32, ge [B, gin, 1] -> wav [B, T' * hop] f32 in [-1, 1].
-                  The caller trims row b to latent_lengths[b] * hop samples. A row shorter than
-                  the batch's T' can differ from its solo run in its last samples, because the
-                  generator's convolutions see the padded frames (conv bias + ge conditioning)
-                  instead of zero padding there: at most :func:`vocoder_tail_samples` samples
-                  (about 11 latent frames for the official configs; metadata
-                  ``vocoder_batch_tail_samples``); measured ~3.5k samples on the kit.
+                  The caller trims row b to latent_lengths[b] * hop samples. Batching is exact:
+                  the graph takes each row's length from its latent (the ``sovits`` graph zeroes
+                  every frame past a row's length, so a row's length is one past its last
+                  non-zero frame; an all-zero row counts as full length) and the generator
+                  zeroes every convolution input past it at each stage's rate (see
+                  :class:`export.sovits_model.Generator`), so a padded row equals its solo run
+                  to float rounding, tail included. A latent with no zero tail (any solo
+                  call) is its full length, the unmasked generator. Callers keep the contract:
+                  frames past a row's length must be exactly zero.
 ``prompt_codes``  ssl [B, 768, T50] f32 (HuBERT, 50 Hz) -> codes [B, T50 // 2] i64 (25 Hz).
 """
 from __future__ import annotations
@@ -62,7 +65,17 @@ class VocoderStage(nn.Module):
         self.model = model
 
     def forward(self, latent: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
-        return self.model.vocode(latent, ge).squeeze(1)
+        return self.model.vocode(latent, ge, latent_lengths_from_zeros(latent)).squeeze(1)
+
+
+def latent_lengths_from_zeros(latent: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> [B] int64: one past each row's last frame with a non-zero value (T for a
+    row that is all zero, so a zero latent keeps its solo meaning)."""
+    t = latent.shape[2]
+    nonzero = (latent.abs().amax(dim=1) > 0).to(torch.int64)  # [B, T]
+    index = torch.arange(1, t + 1, dtype=torch.int64, device=latent.device).unsqueeze(0)
+    last = (nonzero * index).amax(dim=1)
+    return torch.where(last > 0, last, torch.full_like(last, t))
 
 
 class PromptCodesStage(nn.Module):
@@ -79,6 +92,8 @@ def vocoder_tail_samples(cfg) -> int:
     row is vocoded in a batch padded past its length (the generator's leftward reach from
     the first padded latent frame: conv_pre, each transposed conv's padding, each stage's
     widest resblock, conv_post). Outside this tail a batched row equals its solo run.
+    Kept for an unmasked generator (graphs exported before ``vocoder_batch_exact``); the
+    masked vocoder graph has no tail.
     """
     reach = 3 * cfg.hop  # conv_pre, kernel 7
     rate = 1
@@ -113,6 +128,7 @@ def stage_metadata(model: SynthesizerTrn) -> dict[str, object]:
         "n_phones": str(cfg.n_phones),
         "codebook_size": str(cfg.codebook_size),
         "vocoder_batch_tail_samples": str(vocoder_tail_samples(cfg)),
+        "vocoder_batch_exact": "1",
         "spectrogram": json.dumps({"n_fft": 2048, "hop": 640, "win": 2048, "window": "hann_periodic",
                                    "pad": "reflect (n_fft-hop)/2", "center": False, "eps": 1e-8}),
     }
@@ -182,7 +198,8 @@ def sovits_graph_specs(model: SynthesizerTrn, stages: tuple[str, ...] = STAGES) 
             output_names=["wav"],
             dynamic_axes={"latent": {0: "batch", 2: "latent_frames"}, "ge": batch, "wav": {0: "batch", 1: "samples"}},
             metadata={**meta, "inputs": json.dumps(["latent", "ge"]), "outputs": json.dumps(["wav"]),
-                      "trim": "row b keeps wav[b, :latent_lengths[b] * hop]"},
+                      "trim": "row b keeps wav[b, :latent_lengths[b] * hop]",
+                      "row_lengths": "from the latent: frames past a row's length must be exactly 0"},
         ))
     if "prompt_codes" in stages:
         specs.append(GraphSpec(
