@@ -1,0 +1,661 @@
+"""The serving engine of one voice version: GPT in-flight batching, SoVITS/vocoder dynamic
+batching, streaming. numpy + onnxruntime only; no Triton here (the Triton ``model.py`` turns
+its tensors into :class:`SynthesisRequest` and :class:`AudioChunk` back into responses).
+
+Threads (vllm_backend style):
+
+* ``submit`` validates, enqueues and returns a :class:`RequestHandle`.
+* ``[gpt]`` decode thread: in-flight batching. A new request is prefilled alone (prefill rows
+  would need equal lengths) and joins the running batch at the next step. The batch's KV
+  cache is one pair of ``[L, B, S, D]`` arrays, LEFT-padded (attention mask 0 on padding) so
+  every row appends at the same column; each row has its own position (prompt length +
+  generated index), sampling parameters and ``numpy`` Generator. A finished or cancelled row
+  leaves at once: its row is removed and leading columns that are padding for every
+  remaining row are trimmed.
+* ``[sovits]`` thread: dynamic batching. Jobs (a token span of one request) from all
+  requests queue up; it takes what is waiting (up to ``max_batch``, one speed per batch),
+  pads codes/phones/noise, runs ``sovits`` then ``vocoder`` once for the group and trims
+  every row. The vocoder graph masks each row past its own length, so a row's audio in a
+  batch equals its solo run.
+* sender thread: calls ``emit(chunk)``; decoding never waits on a client.
+
+Per request everything flows decode -> sovits queue -> sender queue in FIFO order, so chunks
+arrive in order and the final chunk is the last one. EXACTLY ONE chunk per request has
+``final=True``, also on cancel and error; an error is reported in that chunk's ``error``
+field (a one-line message, no traceback) with ``finish_reason="error"``.
+
+Finish reasons: ``"eos"`` (the GPT stopped), ``"budget"`` (the token budget ended the
+sentence: see :func:`token_budget`), ``"cancelled"``, ``"error"``.
+
+Streaming math (``req.stream``). Semantic tokens are 25 Hz; SoVITS makes 2 latent frames per
+token and the vocoder ``hop`` (640) samples per frame, so one token is 1280 samples (40 ms at
+32 kHz) at speed 1. A chunk is emitted when ``stream_first_tokens`` tokens exist, then every
+``stream_chunk_tokens`` more. Chunk ``k`` commits tokens ``[s, e)`` with ``e = generated -
+holdback``; it decodes ``[s - left_context, generated)`` (left context so the start is not
+cold; the ``holdback`` tokens as right context) and emits only the samples of ``[s, e)``:
+``[(s - c0) * 1280, (e - c0) * 1280)`` of the chunk's audio, ``c0 = max(0, s - left_context)``.
+The final chunk decodes ``[s - left_context, N)`` and emits the rest, so the stream's total
+length equals a non-stream decode of the same tokens (``N * 1280`` at speed 1). At speed != 1
+a chunk's latent has ``int(2 * n / speed) + 1`` frames and the sample boundary of token ``t``
+is taken as ``round(t * 1280 / speed)`` (the interpolation is linear, so this is exact only
+up to the resampler's edge effects); the final piece is trimmed or zero-padded (at most about
+one latent frame) so the total still equals the non-stream length.
+
+Noise: a request's noise is drawn once from its seed, frame by frame (frame ``f`` is the
+``f``-th block of 192 normal draws, independent of how many frames are drawn), times
+``noise_scale``; a chunk decode uses the frames the full decode would use at its position
+(``round(2 * c0 / speed)`` onwards). See :func:`request_noise`.
+
+Reproducibility: the sampling Generator is ``default_rng(seed)`` (as ``GPTRunner.generate``),
+the noise Generator ``default_rng([seed, 1])``. Without a seed the engine draws one and
+reports it on the handle, so any request can be replayed.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from python_backend import sampling
+from python_backend.gpt_runner import GPTRunner
+from python_backend.manifest import VoiceManifest
+from python_backend.onnx_stage import OnnxStage, providers, session_options
+
+log = logging.getLogger(__name__)
+
+BERT_DIM = 1024
+MAX_TOKENS = sampling.DEFAULT_MAX_NEW_TOKENS  # upstream's 1500-step cap (60 s of audio)
+TOKENS_PER_SECOND = 25
+LATENT_FRAMES_PER_TOKEN = 2
+BUDGET_BASE_TOKENS = 50  # 2 s: leading/trailing silence and the EOS lag of a short sentence
+BUDGET_TOKENS_PER_PHONE = 8  # 0.32 s per phone: 3x a normal v2 speaking rate (~9-10 phones/s)
+NOISE_STREAM = 1
+
+FINISH_EOS = "eos"
+FINISH_BUDGET = "budget"
+FINISH_CANCELLED = "cancelled"
+FINISH_ERROR = "error"
+
+
+class RequestError(ValueError):
+    """A request field has a bad value; the message names the field and the value."""
+
+
+class EngineClosed(RuntimeError):
+    """``submit`` after ``close``."""
+
+
+def token_budget(n_target_phones: int, max_tokens: int | None = None) -> int:
+    """Most semantic tokens one sentence may generate: the guard against a GPT that never
+    emits EOS (a known GPT-SoVITS failure; every random-weight demo).
+
+    ``min(1500, 50 + 8 * n_target_phones)``: 8 tokens (0.32 s) per phone is about three
+    times a normal speaking rate of the v2 phone set, plus 2 s for pauses, so real speech
+    ends by EOS long before; capped at upstream's 1500 steps (60 s). The request's
+    ``max_tokens`` caps it further. When it ends a sentence the finish reason is "budget".
+    """
+    budget = min(MAX_TOKENS, BUDGET_BASE_TOKENS + BUDGET_TOKENS_PER_PHONE * max(0, int(n_target_phones)))
+    if max_tokens is not None:
+        budget = min(budget, int(max_tokens))
+    return budget
+
+
+def request_noise(seed: int, frames: int, channels: int, noise_scale: float) -> np.ndarray:
+    """The request's SoVITS noise [channels, frames] f32: frame ``f`` is the same for any
+    ``frames`` > f, so chunk decodes can slice what a full decode uses."""
+    if noise_scale == 0 or frames <= 0:
+        return np.zeros((channels, max(1, frames)), np.float32)
+    rng = np.random.default_rng([int(seed), NOISE_STREAM])
+    draws = rng.standard_normal((frames, channels), dtype=np.float32)
+    return np.ascontiguousarray(draws.T * np.float32(noise_scale))
+
+
+def latent_frames(n_tokens: int, speed: float) -> int:
+    """Latent frames SoVITS makes for ``n_tokens`` codes (upstream's resampling at speed != 1)."""
+    return LATENT_FRAMES_PER_TOKEN * n_tokens if speed == 1 else int(LATENT_FRAMES_PER_TOKEN * n_tokens / speed) + 1
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name}={value!r} is not a number") from None
+    bad = not math.isfinite(v) or v > high or (v <= low if low_open else v < low)
+    if bad:
+        raise RequestError(f"{name}={value!r} out of range {'(' if low_open else '['}{low}, {high}]")
+
+
+@dataclass
+class SynthesisRequest:
+    """One sentence for this voice: target phones and BERT features (from the text front end)."""
+
+    phones: np.ndarray  #: int64 [P] v2 phone ids of the target text
+    bert: np.ndarray  #: float32 [1024, P] BERT features aligned to ``phones``
+    top_k: int = 15  #: 1..1024; 1 is greedy
+    top_p: float = 1.0  #: (0, 1]
+    temperature: float = 1.0  #: (0, 5]
+    repetition_penalty: float = 1.35  #: (0.5, 3]
+    noise_scale: float = 0.5  #: [0, 2]; SoVITS sampling noise
+    speed: float = 1.0  #: [0.25, 4]
+    seed: int | None = None  #: same seed + same request on an idle engine -> same audio
+    max_tokens: int | None = None  #: 1..1500; caps :func:`token_budget`
+    stream: bool = False  #: emit audio in chunks while the GPT decodes
+
+    def validate(self, phone_vocab_size: int | None = None) -> None:
+        phones = np.asarray(self.phones)
+        if phones.ndim != 1 or phones.size == 0:
+            raise RequestError(f"phones must be a non-empty 1-D array, got shape {phones.shape}")
+        if not np.issubdtype(phones.dtype, np.integer):
+            raise RequestError(f"phones must be integers, got dtype {phones.dtype}")
+        if phones.min() < 0 or (phone_vocab_size is not None and phones.max() >= phone_vocab_size):
+            bad = int(phones.min()) if phones.min() < 0 else int(phones.max())
+            raise RequestError(f"phones contains id {bad}, outside [0, {phone_vocab_size})")
+        bert = np.asarray(self.bert)
+        if bert.shape != (BERT_DIM, phones.size):
+            raise RequestError(f"bert shape {bert.shape}, expected ({BERT_DIM}, {phones.size}) to match phones")
+        if not np.issubdtype(bert.dtype, np.floating) or not np.all(np.isfinite(bert)):
+            raise RequestError("bert must be finite floats")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or not 1 <= self.top_k <= 1024:
+            raise RequestError(f"top_k={self.top_k!r} out of range [1, 1024]")
+        _check_range("top_p", self.top_p, 0, 1, low_open=True)
+        _check_range("temperature", self.temperature, 0, 5, low_open=True)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.5, 3, low_open=True)
+        _check_range("noise_scale", self.noise_scale, 0, 2)
+        _check_range("speed", self.speed, 0.25, 4)
+        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(
+                self.max_tokens, (int, np.integer)) or not 1 <= self.max_tokens <= MAX_TOKENS):
+            raise RequestError(f"max_tokens={self.max_tokens!r} out of range [1, {MAX_TOKENS}]")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or self.seed < 0):
+            raise RequestError(f"seed={self.seed!r} must be a non-negative integer")
+
+
+@dataclass
+class AudioChunk:
+    """A piece of one request's audio (32 kHz mono float32)."""
+
+    audio: np.ndarray  #: f32 [n]
+    final: bool  #: exactly one chunk per request is final (the last one)
+    finish_reason: str | None  #: set on the final chunk: eos | budget | cancelled | error
+    tokens: int  #: semantic tokens whose audio this chunk carries (their sum = tokens generated)
+    error: str | None = None  #: one-line reason when finish_reason == "error"
+
+
+class RequestHandle:
+    """What ``submit`` returns: cancel the request, wait for it, read what happened."""
+
+    def __init__(self, request_id: int, seed: int):
+        self.id = request_id
+        self.seed = seed  #: the seed used (drawn by the engine when the request had none)
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.tokens: np.ndarray | None = None  #: generated semantic tokens (set when the GPT part ends)
+        self.gpt_done_at: float | None = None  #: time.monotonic() when its row left the GPT batch
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+
+@dataclass
+class _Request:
+    req: SynthesisRequest
+    emit: Callable[[AudioChunk], None]
+    handle: RequestHandle
+    budget: int
+    noise: np.ndarray  # [C, frames for the whole budget]
+    tokens: list = field(default_factory=list)
+    committed: int = 0  # streaming: tokens whose audio is already scheduled
+    next_chunk_at: int = 0  # streaming: emit a chunk when this many tokens exist
+    failed: bool = False  # an error final was sent; drop its remaining jobs
+    final_sent: bool = False  # sender thread only
+
+
+@dataclass
+class _Job:
+    """Decode tokens[c0:c1] of one request and emit the samples of tokens [s, e) (e=None: to the end)."""
+
+    r: _Request
+    codes: np.ndarray | None  # None: no audio, only the final chunk (cancel)
+    c0: int
+    s: int
+    e: int | None
+    final: bool
+    reason: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Row:
+    r: _Request
+    rng: np.random.Generator
+    history: np.ndarray  # prompt + generated tokens
+    n_prompt: int
+    generated: int = 0
+
+
+_STOP = object()
+
+
+class VoiceEngine:
+    """Serve one voice version folder (``REPO/voice_<name>/<N>/``)."""
+
+    def __init__(self, version_dir: str | Path, max_batch: int = 16, stream_first_tokens: int = 10,
+                 stream_chunk_tokens: int = 25, threads: int = 0, left_context: int = 8, holdback: int = 3):
+        if max_batch < 1 or stream_first_tokens <= holdback or stream_chunk_tokens < 1:
+            raise ValueError(f"max_batch={max_batch} stream_first_tokens={stream_first_tokens} "
+                             f"stream_chunk_tokens={stream_chunk_tokens} holdback={holdback}: need max_batch >= 1, "
+                             "stream_first_tokens > holdback, stream_chunk_tokens >= 1")
+        self.folder = Path(version_dir)
+        self.manifest = VoiceManifest.read(self.folder)
+        self.max_batch = max_batch
+        self.stream_first_tokens = stream_first_tokens
+        self.stream_chunk_tokens = stream_chunk_tokens
+        self.left_context = left_context
+        self.holdback = holdback
+        opts, prov = session_options(threads), providers()
+        self.gpt = GPTRunner(self.folder / "gpt_prefill.onnx", self.folder / "gpt_step.onnx", prov, opts)
+        self.sovits = OnnxStage(self.folder / "sovits.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
+                                inputs=("codes", "code_lengths", "phones", "phone_lengths", "ge", "noise", "speed"),
+                                outputs=("latent", "latent_lengths"))
+        self.vocoder = OnnxStage(self.folder / "vocoder.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
+                                 inputs=("latent", "ge"), outputs=("wav",))
+        self.hop = int(self.vocoder.metadata.get("hop", self.manifest.hop_length))
+        self.samples_per_token = LATENT_FRAMES_PER_TOKEN * self.hop
+        self.channels = int(self.sovits.metadata.get("latent_channels", 192))
+        with np.load(self.folder / "reference.npz") as ref:
+            self.ref_phones = ref["phones"].astype(np.int64).reshape(-1)
+            self.ref_bert = ref["bert"].astype(np.float32)
+            self.prompts = ref["prompts"].astype(np.int64).reshape(1, -1)
+            self.ge = ref["ge"].astype(np.float32).reshape(1, -1, 1)
+        if self.ref_bert.shape != (BERT_DIM, self.ref_phones.size):
+            raise ValueError(f"{self.folder}/reference.npz: bert {self.ref_bert.shape} does not match "
+                             f"{self.ref_phones.size} phones")
+
+        self._lock = threading.Condition()
+        self._in_flight = 0
+        self._next_id = 0
+        self._closed = False
+        self._intake: queue.Queue = queue.Queue()
+        self._jobs: queue.Queue = queue.Queue()
+        self._out: queue.Queue = queue.Queue()
+        self.stats = collections.Counter()  # steps, step_rows, prefills, sovits_batches, sovits_rows
+        self._threads = [
+            threading.Thread(target=self._decode_loop, name="gsv-gpt", daemon=True),
+            threading.Thread(target=self._sovits_loop, name="gsv-sovits", daemon=True),
+            threading.Thread(target=self._send_loop, name="gsv-send", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def submit(self, req: SynthesisRequest, emit: Callable[[AudioChunk], None]) -> RequestHandle:
+        """Validate and enqueue; ``emit`` is called from the sender thread (raises RequestError)."""
+        req.validate(self.gpt.phone_vocab_size)
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("voice engine is closed")
+            self._in_flight += 1
+            self._next_id += 1
+            request_id = self._next_id
+        seed = int(req.seed) if req.seed is not None else secrets.randbits(63)
+        budget = token_budget(len(req.phones), req.max_tokens)
+        noise = request_noise(seed, latent_frames(budget, req.speed), self.channels, float(req.noise_scale))
+        r = _Request(req=req, emit=emit, handle=RequestHandle(request_id, seed), budget=budget, noise=noise,
+                     next_chunk_at=self.stream_first_tokens)
+        self._intake.put(r)
+        return r.handle
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop intake, let in-flight requests finish, join the threads."""
+        with self._lock:
+            self._closed = True
+            self._lock.wait_for(lambda: self._in_flight == 0, timeout)
+        self._intake.put(_STOP)
+        for t in self._threads:
+            t.join(timeout)
+
+    # ------------------------------------------------------------------ GPT decode thread
+    def _decode_loop(self) -> None:
+        batch = _Batch(self.gpt)
+        stopping = False
+        while True:
+            try:
+                stopping = self._admit(batch, block=not batch.rows and not stopping) or stopping
+                if stopping and not batch.rows:
+                    self._jobs.put(_STOP)
+                    return
+                self._drop_cancelled(batch)
+                if batch.rows:
+                    self._decode_step(batch)
+            except Exception as exc:  # a graph failure fails the batch, never the thread
+                log.exception("[gpt] decode step failed")
+                for row in batch.rows:
+                    self._finish_error(row.r, f"decode failed: {str(exc).splitlines()[0][:200]}")
+                batch.clear()
+
+    def _admit(self, batch: "_Batch", block: bool) -> bool:
+        """Prefill waiting requests into the batch; True when the stop sentinel was seen."""
+        while len(batch.rows) < self.max_batch:
+            try:
+                r = self._intake.get(block=block)
+            except queue.Empty:
+                return False
+            block = False
+            if r is _STOP:
+                return True
+            if r.handle.cancelled:
+                r.handle.tokens = np.zeros(0, np.int64)
+                self._jobs.put(_Job(r, None, 0, 0, 0, True, FINISH_CANCELLED))
+                continue
+            try:
+                self._prefill(batch, r)
+            except Exception as exc:
+                log.exception("[gpt] prefill failed")
+                self._finish_error(r, f"prefill failed: {str(exc).splitlines()[0][:200]}")
+        return False
+
+    def _prefill(self, batch: "_Batch", r: _Request) -> None:
+        req = r.req
+        phones = np.concatenate([self.ref_phones, np.asarray(req.phones, np.int64)])[None]
+        bert = np.concatenate([self.ref_bert, np.asarray(req.bert, np.float32)], axis=1)[None]
+        logits, k, v = self.gpt.prefill(phones, bert, self.prompts)
+        n_prompt = self.prompts.shape[1]
+        history = np.empty(n_prompt + r.budget, np.int64)
+        history[:n_prompt] = self.prompts[0]
+        batch.add(_Row(r, np.random.default_rng(r.handle.seed), history, n_prompt), logits, k, v)
+        self.stats["prefills"] += 1
+
+    def _drop_cancelled(self, batch: "_Batch") -> None:
+        gone = [i for i, row in enumerate(batch.rows) if row.r.handle.cancelled]
+        for i in gone:
+            self._end_row(batch.rows[i], FINISH_CANCELLED)
+        batch.remove(gone)
+
+    def _decode_step(self, batch: "_Batch") -> None:
+        rows = batch.rows
+        gen = np.array([row.generated for row in rows])
+        masked = sampling.mask_eos(batch.logits, gen, self.gpt.eos)
+        reqs = [row.r.req for row in rows]
+        tokens, argmax = sampling.sample(
+            masked, [row.history[: row.n_prompt + row.generated] for row in rows],
+            top_k=[q.top_k for q in reqs], top_p=[q.top_p for q in reqs], temperature=[q.temperature for q in reqs],
+            repetition_penalty=[q.repetition_penalty for q in reqs], rng=[row.rng for row in rows])
+        done = []
+        for i, row in enumerate(rows):
+            row.history[row.n_prompt + row.generated] = tokens[i]
+            row.generated += 1
+            reason = sampling.stop_reason(row.generated, argmax[i], tokens[i], self.gpt.eos, -1, row.r.budget)
+            if int(tokens[i]) != self.gpt.eos:
+                row.r.tokens.append(int(tokens[i]))
+            if reason is not None:
+                done.append(i)
+                self._end_row(row, FINISH_EOS if reason == sampling.STOP_EOS else FINISH_BUDGET)
+            elif row.r.req.stream and len(row.r.tokens) >= row.r.next_chunk_at:
+                self._stream_chunk(row.r)
+        batch.remove(done)
+        self.stats["steps_sampled"] += 1
+        if batch.rows:
+            batch.step(tokens[[i for i in range(len(rows)) if i not in set(done)]])
+            self.stats["steps"] += 1
+            self.stats["step_rows"] += len(batch.rows)
+
+    def _end_row(self, row: _Row, reason: str) -> None:
+        r = row.r
+        r.handle.tokens = np.asarray(r.tokens, np.int64)
+        r.handle.gpt_done_at = time.monotonic()
+        if reason == FINISH_CANCELLED or not r.tokens:
+            self._jobs.put(_Job(r, None, 0, 0, 0, True, reason))
+            return
+        c0 = max(0, r.committed - self.left_context) if r.req.stream else 0
+        self._jobs.put(_Job(r, np.asarray(r.tokens[c0:], np.int64), c0, r.committed, None, True, reason))
+
+    def _stream_chunk(self, r: _Request) -> None:
+        n = len(r.tokens)
+        e = n - self.holdback
+        c0 = max(0, r.committed - self.left_context)
+        self._jobs.put(_Job(r, np.asarray(r.tokens[c0:n], np.int64), c0, r.committed, e, False))
+        r.committed = e
+        r.next_chunk_at = n + self.stream_chunk_tokens
+
+    def _finish_error(self, r: _Request, message: str) -> None:
+        r.handle.gpt_done_at = r.handle.gpt_done_at or time.monotonic()
+        self._jobs.put(_Job(r, None, 0, 0, 0, True, FINISH_ERROR, message))
+
+    # ------------------------------------------------------------------ SoVITS thread
+    def _sovits_loop(self) -> None:
+        pending: collections.deque = collections.deque()
+        stopping = False
+        while True:
+            if not pending:
+                if stopping:
+                    self._out.put(_STOP)
+                    return
+                pending.append(self._jobs.get())
+            while True:
+                try:
+                    pending.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if any(j is _STOP for j in pending):
+                stopping = True
+                pending = collections.deque(j for j in pending if j is not _STOP)
+                if not pending:
+                    continue
+            group = self._take_group(pending)
+            try:
+                audio = self._vocode(group)
+            except Exception as exc:
+                log.exception("[sovits] batch of %d failed", len(group))
+                message = f"sovits failed: {str(exc).splitlines()[0][:200]}"
+                for job in group:
+                    self._send_error(job.r, message)
+                continue
+            for job, wav in zip(group, audio):
+                self._send(job, wav)
+
+    def _take_group(self, pending: collections.deque) -> list[_Job]:
+        """Up to max_batch audio jobs of the first job's speed, in queue order (a request's
+        jobs share its speed, so its order is kept); jobs without audio ride along."""
+        speed = pending[0].r.req.speed
+        group, rest, n_audio = [], collections.deque(), 0
+        while pending:
+            job = pending.popleft()
+            audio = job.codes is not None and not job.r.failed and not job.r.handle.cancelled
+            if job.r.req.speed != speed or (audio and n_audio >= self.max_batch):
+                rest.append(job)
+                continue
+            group.append(job)
+            n_audio += audio
+        pending.extend(rest)
+        return group
+
+    def _vocode(self, group: list[_Job]) -> list[np.ndarray | None]:
+        """Run sovits + vocoder once for the group's audio jobs; per job the samples it emits."""
+        todo = [i for i, j in enumerate(group) if j.codes is not None and j.codes.size
+                and not j.r.failed and not j.r.handle.cancelled]
+        out: list[np.ndarray | None] = [None] * len(group)
+        if not todo:
+            return out
+        jobs = [group[i] for i in todo]
+        speed = float(jobs[0].r.req.speed)
+        t = max(j.codes.size for j in jobs)
+        p = max(len(j.r.req.phones) for j in jobs)
+        b = len(jobs)
+        codes = np.zeros((b, t), np.int64)
+        phones = np.zeros((b, p), np.int64)
+        frames = max(latent_frames(j.codes.size, speed) for j in jobs)
+        noise = np.zeros((b, self.channels, frames), np.float32)
+        for row, j in enumerate(jobs):
+            codes[row, : j.codes.size] = j.codes
+            phones[row, : len(j.r.req.phones)] = j.r.req.phones
+            f0 = round(LATENT_FRAMES_PER_TOKEN * j.c0 / speed)
+            piece = j.r.noise[:, f0: f0 + latent_frames(j.codes.size, speed)]
+            noise[row, :, : piece.shape[1]] = piece
+        ge = np.repeat(self.ge, b, axis=0)
+        lat = self.sovits.run(codes=codes, code_lengths=np.array([j.codes.size for j in jobs], np.int64),
+                              phones=phones, phone_lengths=np.array([len(j.r.req.phones) for j in jobs], np.int64),
+                              ge=ge, noise=noise, speed=np.array([speed], np.float32))
+        wav = self.vocoder.run(latent=lat["latent"], ge=ge)["wav"]
+        self.stats["sovits_batches"] += 1
+        self.stats["sovits_rows"] += b
+        for row, (i, j) in enumerate(zip(todo, jobs)):
+            full = wav[row, : int(lat["latent_lengths"][row]) * self.hop]
+            out[i] = self._emit_range(j, full, speed)
+        return out
+
+    def _emit_range(self, j: _Job, full: np.ndarray, speed: float) -> np.ndarray:
+        """The samples of tokens [s, e) inside a decode of tokens [c0, ...) (see module doc)."""
+        per = self.samples_per_token / speed
+        base = round(j.c0 * per)
+        start = round(j.s * per) - base
+        if j.e is not None:
+            return np.ascontiguousarray(full[start: round(j.e * per) - base])
+        want = latent_frames(len(j.r.tokens), speed) * self.hop - round(j.s * per)  # to a full decode's length
+        piece = full[start: start + want]
+        if piece.shape[0] < want:  # speed != 1 only: at most about one latent frame
+            piece = np.concatenate([piece, np.zeros(want - piece.shape[0], np.float32)])
+        return np.ascontiguousarray(piece, dtype=np.float32)
+
+    def _send(self, job: _Job, wav: np.ndarray | None) -> None:
+        r = job.r
+        if r.failed:  # its error final is already out
+            return
+        if job.reason == FINISH_ERROR:
+            self._send_error(r, job.error or "error")
+            return
+        if r.handle.cancelled:  # drop its audio; the final says cancelled
+            if job.final:
+                self._out.put((r, AudioChunk(np.zeros(0, np.float32), True, FINISH_CANCELLED, 0)))
+            return
+        if wav is None:
+            wav, n_tokens = np.zeros(0, np.float32), 0
+        else:
+            n_tokens = (len(r.tokens) if job.e is None else job.e) - job.s
+        self._out.put((r, AudioChunk(wav.astype(np.float32, copy=False), job.final,
+                                     job.reason if job.final else None, n_tokens)))
+
+    def _send_error(self, r: _Request, message: str) -> None:
+        if r.failed:
+            return
+        r.failed = True
+        self._out.put((r, AudioChunk(np.zeros(0, np.float32), True, FINISH_ERROR, 0, message)))
+
+    # ------------------------------------------------------------------ sender thread
+    def _send_loop(self) -> None:
+        while True:
+            item = self._out.get()
+            if item is _STOP:
+                return
+            r, chunk = item
+            if r.final_sent:
+                continue
+            try:
+                r.emit(chunk)
+            except Exception:
+                log.exception("[tts] emit of request %d failed", r.handle.id)
+            if chunk.final:
+                r.final_sent = True
+                r.handle.finish_reason = chunk.finish_reason
+                r.handle.error = chunk.error
+                r.handle._done.set()
+                with self._lock:
+                    self._in_flight -= 1
+                    self._lock.notify_all()
+
+
+class _Batch:
+    """The running GPT batch: rows, their next logits, and the LEFT-padded KV cache."""
+
+    def __init__(self, gpt: GPTRunner):
+        self.gpt = gpt
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows: list[_Row] = []
+        self.logits: np.ndarray | None = None
+        self.k: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+        self.mask: np.ndarray | None = None  # [B, S] float32, 1 valid / 0 padding
+
+    def add(self, row: _Row, logits: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        s_new = k.shape[2]
+        if not self.rows:
+            self.rows, self.logits, self.k, self.v = [row], logits, k, v
+            self.mask = np.ones((1, s_new), np.float32)
+            return
+        s_old = self.k.shape[2]
+        s = max(s_old, s_new)
+        self.k, self.v, self.mask = _left_pad(self.k, s), _left_pad(self.v, s), _left_pad_mask(self.mask, s)
+        k, v = _left_pad(k, s), _left_pad(v, s)
+        row_mask = _left_pad_mask(np.ones((1, s_new), np.float32), s)
+        self.k = np.concatenate([self.k, k], axis=1)
+        self.v = np.concatenate([self.v, v], axis=1)
+        self.mask = np.concatenate([self.mask, row_mask], axis=0)
+        self.logits = np.concatenate([self.logits, logits], axis=0)
+        self.rows.append(row)
+
+    def remove(self, indices: list[int]) -> None:
+        if not indices:
+            return
+        gone = set(indices)
+        keep = [i for i in range(len(self.rows)) if i not in gone]
+        if not keep:
+            self.clear()
+            return
+        self.rows = [self.rows[i] for i in keep]
+        self.k, self.v = self.k[:, keep], self.v[:, keep]
+        self.mask, self.logits = self.mask[keep], self.logits[keep]
+        first = int(np.argmax(self.mask.any(axis=0)))  # leading columns that are padding for every row
+        if first:
+            self.k = np.ascontiguousarray(self.k[:, :, first:])
+            self.v = np.ascontiguousarray(self.v[:, :, first:])
+            self.mask = np.ascontiguousarray(self.mask[:, first:])
+
+    def step(self, tokens: np.ndarray) -> None:
+        positions = np.array([row.n_prompt + row.generated - 1 for row in self.rows], np.int64)
+        mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.float32)], axis=1)
+        self.logits, self.k, self.v = self.gpt.step(tokens.reshape(-1, 1), positions, np.ascontiguousarray(self.k),
+                                                    np.ascontiguousarray(self.v), mask.astype(self.gpt.mask_dtype))
+        self.mask = mask
+
+
+def _left_pad(cache: np.ndarray, s: int) -> np.ndarray:
+    pad = s - cache.shape[2]
+    if pad == 0:
+        return cache
+    return np.pad(cache, ((0, 0), (0, 0), (pad, 0), (0, 0)))
+
+
+def _left_pad_mask(mask: np.ndarray, s: int) -> np.ndarray:
+    pad = s - mask.shape[1]
+    return mask if pad == 0 else np.pad(mask, ((0, 0), (pad, 0)))
