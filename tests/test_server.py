@@ -1,0 +1,333 @@
+"""The real tritonserver (nvidia-pytriton wheel) serving the shared gsv_bert and gsv_ssl models.
+
+One tiny demo repository is exported per module; the server loads only gsv_bert and gsv_ssl.
+Checked over real tritonclient gRPC and HTTP: numerics against onnxruntime run directly, bad
+requests answered with one-line INVALID_ARGUMENT / 400 errors while the server stays healthy,
+127.0.0.1-only binding, prompt shutdown on SIGTERM, and ``gsv-triton serve`` stopping on SIGINT.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export import server as srv
+from triton_fixtures import free_ports, require_tritonserver, start_server, wait_model_ready
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+REF_TEXT = "你好，欢迎使用语音合成服务。"
+SHARED = ["gsv_bert", "gsv_ssl"]
+VOCAB = 21128
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    require_tritonserver()
+    from export import cli
+
+    out, repo = tmp_path_factory.mktemp("demo"), tmp_path_factory.mktemp("repo")
+    assert cli.main(["demo-voice", str(out), "--size", "tiny", "--seed", "3"]) == 0
+    assert cli.main(["export", "--gpt", f"{out}/gpt.ckpt", "--sovits", f"{out}/sovits.pth", "--ref-audio", f"{out}/ref.wav",
+                     "--ref-text", REF_TEXT, "--ref-lang", "zh", "--hubert", f"{out}/chinese-hubert-base",
+                     "--bert", f"{out}/chinese-roberta-wwm-ext-large", "--voice", "demo", "--repo", str(repo),
+                     "--no-progress"]) == 0
+    assert (repo / ".gsv").is_dir()  # the state folder the server must never treat as a model
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    proc = start_server(repo, models=SHARED, log_dir=tmp_path_factory.mktemp("logs"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def grpc(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    yield client
+    client.close()
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _infer(client, module, model: str, name: str, array: np.ndarray, dtype: str, output: str) -> np.ndarray:
+    tensor = module.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return client.infer(model, [tensor]).as_numpy(output)
+
+
+def _error(client, module, model: str, name: str, array: np.ndarray, dtype: str) -> InferenceServerException:
+    tensor = module.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(model, [tensor])
+    return info.value
+
+
+def _ids(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([[101], rng.integers(200, VOCAB, n - 2), [102]]).astype(np.int64)
+
+
+# ---- without a server ----
+
+def test_server_command_env_and_hidden_folders(tmp_path):
+    require_tritonserver()
+    for name in ("gsv_ssl", "voice_a", ".gsv", ".hidden_model"):
+        (tmp_path / "repo" / name).mkdir(parents=True)
+        (tmp_path / "repo" / name / "config.pbtxt").write_text("")
+    (tmp_path / "repo" / "notes").mkdir()  # no config.pbtxt: not a model
+    argv, env = srv.server_command(tmp_path / "repo", 1, 2, 3, cache_dir=tmp_path / "cache")
+    assert [a for a in argv if a.startswith("--load-model")] == ["--load-model=gsv_ssl", "--load-model=voice_a"]
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+                 "--model-control-mode=explicit", "--http-port=1", "--grpc-port=2", "--metrics-port=3"):
+        assert flag in argv
+    python3 = Path(env["PATH"].split(os.pathsep)[0]) / "python3"
+    assert os.path.samefile(python3, sys.executable)
+    import sysconfig
+
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == sysconfig.get_config_var("LIBDIR")
+    backends = Path(next(a for a in argv if a.startswith("--backend-directory=")).split("=", 1)[1])
+    assert os.access(backends / "python" / "triton_python_backend_stub", os.X_OK)
+    with pytest.raises(srv.ServerError, match="not a model name"):
+        srv.server_command(tmp_path / "repo", load_models=[".gsv"], cache_dir=tmp_path / "cache")
+
+
+def test_prepare_backend_dir_concurrent(tmp_path):
+    require_tritonserver()
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(srv.prepare_backend_dir(tmp_path))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1
+    assert (results[0] / "python" / "libtriton_python.so").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [results[0].name]  # no temporary folders left
+    assert srv.prepare_backend_dir(tmp_path) == results[0]
+
+
+def test_missing_wheel_message(monkeypatch):
+    monkeypatch.setattr(srv.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(srv.ServerError, match=r"nvidia-pytriton.*pip install"):
+        srv.find_tritonserver()
+
+
+def test_official_container_command(tmp_path):
+    for name in ("gsv_bert", ".gsv"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text("")
+    line = srv.official_container_command(tmp_path)
+    assert srv.CONTAINER_IMAGE in line and f"-v {tmp_path.resolve()}:/models" in line
+    assert "--load-model=gsv_bert" in line and ".gsv" not in line and "onnxruntime-gpu" in line and "torch" not in line
+
+
+# ---- against the real server ----
+
+@pytest.mark.integration
+def test_server_ready(server, grpc, http):
+    assert grpc.is_server_live() and grpc.is_server_ready() and http.is_server_ready()
+    for name in SHARED:
+        assert grpc.is_model_ready(name) and http.is_model_ready(name)
+    wait_model_ready(server.http_url, "gsv_bert", "1", timeout=5)
+    assert not http.is_model_ready("voice_demo")  # present in the repository, not asked for
+    index = {m["name"]: m.get("state") for m in srv.loaded_models(server.http_url)}
+    assert index["gsv_bert"] == "READY" and index["gsv_ssl"] == "READY"
+
+
+@pytest.mark.integration
+def test_bert_matches_onnxruntime(repo, grpc, http):
+    session = _session(repo / "gsv_bert" / "1" / "bert.onnx")
+    for n, seed in ((2, 0), (9, 1), (37, 2)):
+        ids = _ids(n, seed)
+        want = session.run(["hidden"], {"input_ids": ids[None]})[0][0]
+        for client, module in ((grpc, grpcclient), (http, httpclient)):
+            got = _infer(client, module, "gsv_bert", "INPUT_IDS", ids, "INT64", "HIDDEN")
+            assert got.shape == (n, 1024) and got.dtype == np.float32
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.integration
+def test_ssl_matches_onnxruntime(repo, grpc, http):
+    session = _session(repo / "gsv_ssl" / "1" / "ssl.onnx")
+    rng = np.random.default_rng(5)
+    for samples in (400, 16000, 40321):
+        wav = (rng.standard_normal(samples) * 0.1).astype(np.float32)
+        want = session.run(["ssl"], {"wav16k": wav[None]})[0][0]
+        for client, module in ((grpc, grpcclient), (http, httpclient)):
+            got = _infer(client, module, "gsv_ssl", "WAV16K", wav, "FP32", "SSL")
+            assert got.shape == (768, (samples - 400) // 320 + 1) and got.dtype == np.float32
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+BAD_REQUESTS = [
+    # model, input, array, dtype, text the one-line message must contain
+    ("gsv_bert", "INPUT_IDS", np.array([101, VOCAB, 102], np.int64), "INT64", f"INPUT_IDS[1] = {VOCAB} is outside the vocabulary"),
+    ("gsv_bert", "INPUT_IDS", np.array([101, -5, 102], np.int64), "INT64", "outside the vocabulary"),
+    ("gsv_bert", "INPUT_IDS", np.zeros(0, np.int64), "INT64", "1 to 512 allowed"),
+    ("gsv_bert", "INPUT_IDS", np.full(513, 200, np.int64), "INT64", "513 ids"),
+    ("gsv_bert", "INPUT_IDS", np.array([101, 102], np.int32), "INT32", "data-type is 'INT32', but model 'gsv_bert' expects 'INT64'"),
+    ("gsv_ssl", "WAV16K", np.zeros(399, np.float32), "FP32", "399 samples"),
+    ("gsv_ssl", "WAV16K", np.array([0.0] * 500 + [np.nan], np.float32), "FP32", "NaN"),
+    ("gsv_ssl", "WAV16K", np.zeros(800, np.float64), "FP64", "expects 'FP32'"),
+    ("gsv_ssl", "WAV16K", np.zeros((2, 800), np.float32), "FP32", "shape"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("model,name,array,dtype,text", BAD_REQUESTS, ids=[f"{m}-{t[:20]}" for m, _, _, _, t in BAD_REQUESTS])
+def test_bad_request_gets_one_line_invalid_argument(grpc, http, model, name, array, dtype, text):
+    err = _error(grpc, grpcclient, model, name, array, dtype)
+    assert err.status() == "StatusCode.INVALID_ARGUMENT", (err.status(), err.message())
+    assert text in err.message() and "\n" not in err.message().strip() and "Traceback" not in err.message()
+    err = _error(http, httpclient, model, name, array, dtype)
+    assert err.status() == "400", (err.status(), err.message())
+    assert text in err.message() and "\n" not in err.message().strip()
+    # the server and the model stay healthy for the next request
+    assert grpc.is_server_ready() and grpc.is_model_ready(model)
+    ok = _infer(grpc, grpcclient, "gsv_bert", "INPUT_IDS", _ids(5), "INT64", "HIDDEN")
+    assert ok.shape == (5, 1024)
+
+
+@pytest.mark.integration
+def test_binds_loopback_only(server):
+    ports = {server.http_port, server.grpc_port, server.metrics_port}
+    listening = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            addr, port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(port, 16) in ports:  # 0A: LISTEN
+                listening.setdefault(int(port, 16), set()).add(addr)
+    assert set(listening) == ports, listening
+    # 127.0.0.1, ::1, ::ffff:127.0.0.1 (gRPC listens on an IPv4-mapped IPv6 socket)
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+    assert all(addrs <= loopback for addrs in listening.values()), listening
+    address = _non_loopback_address()
+    if address:
+        for port in ports:
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                assert sock.connect_ex((address, port)) != 0, f"port {port} reachable on {address}"
+
+
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.254.254.254", 1))  # no packet is sent; picks the outgoing interface
+            address = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.integration
+def test_default_skips_hidden_folders_and_sigterm_stops_promptly(repo, tmp_path):
+    """Default model list (every visible model) with a `.gsv` folder present; SIGTERM after use."""
+    small = tmp_path / "repo"
+    small.mkdir()
+    shutil.copytree(repo / "gsv_ssl", small / "gsv_ssl")
+    shutil.copytree(repo / ".gsv", small / ".gsv")
+    (small / ".gsv" / "staging" / "voice_x" / "1").mkdir(parents=True)
+    proc = start_server(small, models=None, log_dir=tmp_path)
+    try:
+        assert proc.models == ["gsv_ssl"]
+        index = {m["name"]: m.get("state") for m in srv.loaded_models(proc.http_url)}
+        assert index.get("gsv_ssl") == "READY" and index.get(".gsv") is None
+        client = grpcclient.InferenceServerClient(proc.grpc_url)
+        hclient = httpclient.InferenceServerClient(proc.http_url)
+        wav = np.zeros(16000, np.float32)
+        assert _infer(client, grpcclient, "gsv_ssl", "WAV16K", wav, "FP32", "SSL").shape == (768, 49)
+        assert _infer(hclient, httpclient, "gsv_ssl", "WAV16K", wav, "FP32", "SSL").shape == (768, 49)
+        client.close()
+        hclient.close()
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.process.wait(timeout=30)
+        elapsed = time.monotonic() - start
+    finally:
+        proc.stop(5)
+    assert code == 0, proc.log_tail()
+    assert elapsed < 8, f"shutdown took {elapsed:.1f} s"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # no Python stub left behind
+    assert "successfully unloaded 'gsv_ssl'" in proc.log_path.read_text()
+
+
+@pytest.mark.integration
+def test_triton_does_not_skip_hidden_folders(repo, tmp_path):
+    """Documents why server_command never passes --load-model=*: Triton 2.51 tries to load '.gsv'."""
+    small = tmp_path / "repo"
+    small.mkdir()
+    shutil.copytree(repo / ".gsv", small / ".gsv")
+    http_port, grpc_port, metrics_port = free_ports(3)
+    proc = srv.TritonProcess(small, http_port, grpc_port, metrics_port, models=[], extra_args=["--load-model=*"],
+                             log_path=tmp_path / "triton.log")
+    proc.start()
+    try:
+        with pytest.raises(srv.ServerError, match="exited"):
+            proc.wait_ready(60)
+    finally:
+        proc.stop(5)
+    assert "failed to load model '.gsv'" in proc.log_path.read_text()
+
+
+@pytest.mark.integration
+def test_serve_command_starts_and_stops_on_sigint(repo, tmp_path):
+    http_port, grpc_port, metrics_port = free_ports(3)
+    cmd = [sys.executable, "-m", "export.server", "--repo", str(repo), "--models", "gsv_ssl",
+           "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+           "--log-file", str(tmp_path / "triton.log")]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_model_ready(f"127.0.0.1:{http_port}", "gsv_ssl", timeout=180)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert f"HTTP http://127.0.0.1:{http_port}" in out and f"gRPC 127.0.0.1:{grpc_port}" in out
+    assert "tritonserver stopped (exit 0)" in out
+    assert elapsed < 15, f"shutdown took {elapsed:.1f} s"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=2)

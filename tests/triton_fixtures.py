@@ -1,0 +1,80 @@
+"""Helpers for integration tests against a real tritonserver (the nvidia-pytriton wheel's).
+
+Import them from tests (not a conftest): ``start_server(repo, models=[...])`` picks free ports,
+starts the server, waits until ready and returns the ``TritonProcess`` (stop it, or use it as a
+context manager). ``wait_model_ready(url, name)`` polls one model over HTTP.
+"""
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from export.server import ServerError, TritonProcess, find_tritonserver
+
+
+def require_tritonserver() -> None:
+    """Skip (with the reason) where the nvidia-pytriton wheel is not installed."""
+    try:
+        find_tritonserver()
+    except ServerError as exc:
+        pytest.skip(str(exc))
+
+
+def free_ports(count: int = 3) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held together so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def start_server(repo: Path, models: list[str] | str | None = None, timeout: float = 180, log_dir: Path | None = None,
+                 exit_timeout: int = 10, attempts: int = 3) -> TritonProcess:
+    """A ready tritonserver on ``repo`` with free ports; ``models`` None loads every model.
+
+    Retries with new ports when another process took one between the pick and the bind.
+    """
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="triton-test-"))
+    last = None
+    for attempt in range(attempts):
+        http, grpc, metrics = free_ports(3)
+        server = TritonProcess(repo, http, grpc, metrics, models="*" if models is None else models,
+                               log_path=log_dir / f"tritonserver-{attempt}.log", exit_timeout=exit_timeout)
+        server.start()
+        try:
+            server.wait_ready(timeout)
+            return server
+        except ServerError as exc:
+            server.stop(5)
+            last = exc
+            if "already in use" not in server.log_tail(200).lower():
+                raise
+    raise last
+
+
+def wait_model_ready(url: str, name: str, version: str = "", timeout: float = 120) -> None:
+    """Poll ``/v2/models/NAME[/versions/V]/ready`` on the HTTP endpoint ``host:port``."""
+    path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{url}{path}", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model {name} not ready on {url} after {timeout:.0f} s")
+        time.sleep(0.25)
