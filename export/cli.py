@@ -41,6 +41,10 @@ def get_args(argv=None) -> argparse.Namespace:
 
     inspect = sub.add_parser("inspect", help="print an ONNX graph's inputs, outputs and metadata")
     inspect.add_argument("graph", type=Path)
+
+    from export.client import add_say_parser
+
+    add_say_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -98,11 +102,18 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"demo-voice": cmd_demo_voice, "export": cmd_export, "inspect": cmd_inspect}
+def cmd_say(args) -> int:
+    from export.client import cmd_say as run
+
+    return run(args)
+
+
+COMMANDS = {"demo-voice": cmd_demo_voice, "export": cmd_export, "inspect": cmd_inspect, "say": cmd_say}
 
 
 def main(argv=None) -> int:
     args = get_args(argv)
+    from export.client import ClientError
     from export.errors import ExportError
     from python_backend.audio import AudioError
     from python_backend.layout import LayoutError
@@ -111,7 +122,7 @@ def main(argv=None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (ExportError, AudioError, LayoutError, ManifestError, TextError) as exc:
+    except (ExportError, AudioError, LayoutError, ManifestError, TextError, ClientError) as exc:
         print(f"gsv-triton: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permissions: name the cause, the repository is unchanged

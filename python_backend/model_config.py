@@ -64,23 +64,66 @@ SAMPLING_INPUTS = [
 
 
 def voice_model_spec(model_name: str) -> ModelSpec:
-    """One voice: phones (+ BERT features) of one sentence in, audio chunks out (decoupled)."""
+    """One voice version: the phones (+ BERT features) of a request's sentences in, audio chunks out.
+
+    All sentences of one request travel in one request (SENTENCE_PHONES splits PHONES), so
+    a request runs on one version of the voice from its first sentence to its last.
+    """
     return ModelSpec(
         name=model_name,
         inputs=[
             TensorSpec("PHONES", "INT64", (-1,)),
             TensorSpec("BERT", "FP32", (1024, -1)),
+            TensorSpec("SENTENCE_PHONES", "INT32", (-1,), optional=True),
             TensorSpec("MAX_TOKENS", "INT32", (1,), optional=True),
             TensorSpec("STREAM", "BOOL", (1,), optional=True),
+            TensorSpec("REQUEST_ID", "BYTES", (1,), optional=True),
+            *cancel_inputs(),
             *SAMPLING_INPUTS,
         ],
         outputs=[
             TensorSpec("AUDIO", "FP32", (-1,)),
+            TensorSpec("SAMPLE_RATE", "INT32", (1,)),
             TensorSpec("VOICE_VERSION", "INT32", (1,)),
             TensorSpec("FINISH_REASON", "BYTES", (1,)),
         ],
         decoupled=True,
     )
+
+
+def cancel_inputs() -> list[TensorSpec]:
+    """A request with CANCEL (a REQUEST_ID) stops that request: how a BLS frees the decode slot
+    of a stream whose client went away (2.51's BLS cannot cancel a sub-request itself)."""
+    return [TensorSpec("CANCEL", "BYTES", (1,), optional=True)]
+
+
+TTS_INPUTS = [
+    TensorSpec("TEXT", "BYTES", (1,)),
+    TensorSpec("VOICE", "BYTES", (1,)),
+    TensorSpec("LANGUAGE", "BYTES", (1,), optional=True),
+    TensorSpec("MAX_TOKENS", "INT32", (1,), optional=True),
+    *SAMPLING_INPUTS,
+]
+TTS_OUTPUTS = [
+    TensorSpec("AUDIO", "FP32", (-1,)),
+    TensorSpec("SAMPLE_RATE", "INT32", (1,)),
+    TensorSpec("VOICE_VERSION", "INT32", (1,)),
+    TensorSpec("FINISH_REASON", "BYTES", (1,)),
+]
+
+
+def tts_model_spec() -> ModelSpec:
+    """Text in, the whole utterance out (HTTP or gRPC)."""
+    return ModelSpec(name="tts", inputs=list(TTS_INPUTS), outputs=list(TTS_OUTPUTS))
+
+
+def tts_stream_model_spec() -> ModelSpec:
+    """Text in, audio chunks out as soon as each is ready (gRPC streaming); IS_FINAL marks the last."""
+    return ModelSpec(name="tts_stream", inputs=list(TTS_INPUTS),
+                     outputs=[*TTS_OUTPUTS, TensorSpec("IS_FINAL", "BOOL", (1,))], decoupled=True)
+
+
+STATIC_MODELS = {"tts": tts_model_spec, "tts_stream": tts_stream_model_spec}
 
 
 def bert_model_spec() -> ModelSpec:

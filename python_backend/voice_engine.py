@@ -86,8 +86,7 @@ FINISH_CANCELLED = "cancelled"
 FINISH_ERROR = "error"
 
 
-class RequestError(ValueError):
-    """A request field has a bad value; the message names the field and the value."""
+from python_backend.errors import RequestError  # noqa: E402  (a field with a bad value: INVALID_ARG)
 
 
 class EngineClosed(RuntimeError):
@@ -303,7 +302,7 @@ class VoiceEngine:
         self._intake: queue.Queue = queue.Queue()
         self._jobs: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
-        self.stats = collections.Counter()  # steps, step_rows, prefills, sovits_batches, sovits_rows
+        self.stats = collections.Counter()  # steps, step_rows, max_rows, prefills, sovits_batches, sovits_rows
         self._threads = [
             threading.Thread(target=self._decode_loop, name="gsv-gpt", daemon=True),
             threading.Thread(target=self._sovits_loop, name="gsv-sovits", daemon=True),
@@ -428,6 +427,7 @@ class VoiceEngine:
             batch.step(tokens[[i for i in range(len(rows)) if i not in set(done)]])
             self.stats["steps"] += 1
             self.stats["step_rows"] += len(batch.rows)
+            self.stats["max_rows"] = max(self.stats["max_rows"], len(batch.rows))
 
     def _end_row(self, row: _Row, reason: str) -> None:
         r = row.r

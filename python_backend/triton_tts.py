@@ -1,0 +1,186 @@
+"""Triton adapters of the ``tts`` and ``tts_stream`` BLS models (thin: logic in tts_pipeline).
+
+``execute`` hands each request to a worker thread and returns at once; the worker answers
+through the request's response sender (tested on 2.51 for both model kinds), so one model
+instance serves many requests concurrently and the voice model can batch them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from python_backend import tts_pipeline
+from python_backend.layout import BERT_MODEL
+from python_backend.model_config import TTS_INPUTS
+from python_backend.text.frontend import warmup
+from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, parse
+
+LOG = logging.getLogger("gsv.tts")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+CODES = {INVALID_ARG: pb_utils.TritonError.INVALID_ARG, NOT_FOUND: pb_utils.TritonError.NOT_FOUND}
+WORKERS = 64
+
+
+class VoiceError(RuntimeError):
+    def __init__(self, message: str, code):
+        super().__init__(message)
+        self.code = code
+
+
+def _inputs(request) -> dict[str, np.ndarray | None]:
+    out = {}
+    for spec in TTS_INPUTS:
+        tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+        out[spec.name] = None if tensor is None else tensor.as_numpy()
+    return out
+
+
+def _bert(text: str) -> np.ndarray:
+    req = pb_utils.InferenceRequest(model_name=BERT_MODEL, requested_output_names=["HIDDEN"],
+                                    inputs=[pb_utils.Tensor("TEXT", np.array([text.encode()], dtype=object))])
+    resp = req.exec()
+    if resp.has_error():
+        raise VoiceError(f"BERT failed: {resp.error().message()}", pb_utils.TritonError.INTERNAL)
+    return pb_utils.get_output_tensor_by_name(resp, "HIDDEN").as_numpy()
+
+
+def _chunk(resp) -> tts_pipeline.VoiceChunk | None:
+    audio = pb_utils.get_output_tensor_by_name(resp, "AUDIO")
+    if audio is None:
+        return None
+    reason = pb_utils.get_output_tensor_by_name(resp, "FINISH_REASON").as_numpy().reshape(-1)[0]
+    return tts_pipeline.VoiceChunk(
+        audio=audio.as_numpy().astype(np.float32),
+        version=int(pb_utils.get_output_tensor_by_name(resp, "VOICE_VERSION").as_numpy().reshape(-1)[0]),
+        sample_rate=int(pb_utils.get_output_tensor_by_name(resp, "SAMPLE_RATE").as_numpy().reshape(-1)[0]),
+        finish_reason=reason.decode() if isinstance(reason, bytes) else str(reason),
+    )
+
+
+def _voice(model: str, inputs: dict[str, np.ndarray]):
+    if not pb_utils.is_model_ready(model_name=model):
+        raise RequestError(f"voice {model.removeprefix('voice_')!r} is not loaded", NOT_FOUND)
+    req = pb_utils.InferenceRequest(
+        model_name=model, requested_output_names=["AUDIO", "SAMPLE_RATE", "VOICE_VERSION", "FINISH_REASON"],
+        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
+    for resp in req.exec(decoupled=True):
+        if resp.has_error():
+            err = resp.error()
+            raise VoiceError(err.message(), err.code() if hasattr(err, "code") else pb_utils.TritonError.INTERNAL)
+        chunk = _chunk(resp)
+        if chunk is not None:
+            yield chunk
+
+
+def _cancel(model: str, version: int, request_id: str) -> None:
+    """Tell the voice model to drop a request whose client went away (frees its decode slot)."""
+    req = pb_utils.InferenceRequest(
+        model_name=model, model_version=version, requested_output_names=["AUDIO"],
+        inputs=[pb_utils.Tensor("PHONES", np.zeros(1, np.int64)), pb_utils.Tensor("BERT", np.zeros((1024, 1), np.float32)),
+                pb_utils.Tensor("CANCEL", np.array([request_id.encode()], dtype=object))])
+    for _ in req.exec(decoupled=True):
+        pass
+
+
+def _error(exc: Exception):
+    if isinstance(exc, RequestError):
+        return pb_utils.TritonError(str(exc), CODES.get(exc.code, pb_utils.TritonError.INVALID_ARG))
+    if isinstance(exc, VoiceError):
+        return pb_utils.TritonError(str(exc), exc.code)
+    LOG.exception("[tts] synthesis failed")
+    return pb_utils.TritonError(f"synthesis failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                                pb_utils.TritonError.INTERNAL)
+
+
+def _outputs(audio: np.ndarray, sample_rate: int, version: int, reason: str, final: bool | None = None):
+    tensors = [pb_utils.Tensor("AUDIO", audio.astype(np.float32)),
+               pb_utils.Tensor("SAMPLE_RATE", np.array([sample_rate], np.int32)),
+               pb_utils.Tensor("VOICE_VERSION", np.array([version], np.int32)),
+               pb_utils.Tensor("FINISH_REASON", np.array([reason.encode()], dtype=object))]
+    if final is not None:
+        tensors.append(pb_utils.Tensor("IS_FINAL", np.array([final])))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+class _BLS:
+    stream = False
+
+    def initialize(self, args):
+        warmup()
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
+        self.lock = threading.Lock()
+        self.in_flight = 0
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            inputs = _inputs(request)
+            with self.lock:
+                self.in_flight += 1
+            self.pool.submit(self._serve_guarded, request, sender, inputs)
+        return None
+
+    def _serve_guarded(self, request, sender, inputs):
+        try:
+            self._serve(request, sender, inputs)
+        except Exception as exc:  # exactly one final response per request, errors included
+            sender.send(pb_utils.InferenceResponse(error=_error(exc)), flags=FINAL)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _max_tokens(self, inputs) -> int | None:
+        raw = inputs.get("MAX_TOKENS")
+        if raw is None:
+            return None
+        value = int(np.asarray(raw).reshape(-1)[0])
+        if not 1 <= value <= 1500:
+            raise RequestError(f"MAX_TOKENS {value} out of range [1, 1500]")
+        return value
+
+    def finalize(self):
+        self.pool.shutdown(wait=True)  # drain: in-flight requests finish before the model goes
+
+
+class TTSModel(_BLS):
+    """``tts``: the whole utterance in one response."""
+
+    def _serve(self, request, sender, inputs):
+        req = parse(inputs)
+        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=False, max_tokens=self._max_tokens(inputs))
+        utt = tts_pipeline.collect(chunks)
+        sender.send(_outputs(utt.joined(), utt.sample_rate, utt.version, ",".join(utt.finish_reasons)), flags=FINAL)
+
+
+class TTSStreamModel(_BLS):
+    """``tts_stream``: audio chunks as they are ready; the last response has IS_FINAL true."""
+
+    stream = True
+
+    def _serve(self, request, sender, inputs):
+        import uuid
+
+        req = parse(inputs)
+        rid = uuid.uuid4().hex
+        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=True, max_tokens=self._max_tokens(inputs), request_id=rid)
+        version, rate, reasons = -1, 0, []
+        for chunk in chunks:
+            if request.is_cancelled():
+                _cancel(f"voice_{req.voice}", chunk.version, rid)
+                LOG.info("[tts] stream %s cancelled by the client; voice slot released", rid)
+                sender.send(flags=FINAL)
+                return
+            version, rate = chunk.version, chunk.sample_rate
+            if chunk.finish_reason:
+                reasons.append(chunk.finish_reason)
+            if chunk.audio.size:
+                sender.send(_outputs(chunk.audio, rate, version, chunk.finish_reason, final=False))
+        # the closing response carries no audio: every chunk went out the moment it was ready
+        sender.send(_outputs(np.zeros(0, np.float32), rate, version, ",".join(reasons), final=True), flags=FINAL)
+
+
+TritonPythonModel = TTSModel

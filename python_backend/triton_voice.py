@@ -1,0 +1,134 @@
+"""Triton adapter of a voice version (``voice_<NAME>/<N>/model.py`` imports this).
+
+Thin: tensors in -> ``SynthesisRequest`` per sentence -> ``VoiceEngine``; chunks out through
+the request's response sender. The load fails (and the version never serves) when the graphs
+do not reproduce the golden sample recorded at export.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from python_backend import golden
+from python_backend.voice_engine import RequestError, VoiceEngine
+from python_backend.voice_request import Outgoing, Utterance, sentence_requests, split_sentences
+
+LOG = logging.getLogger("gsv.voice")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+PARAMS = {"TOP_K": ("top_k", int), "TOP_P": ("top_p", float), "TEMPERATURE": ("temperature", float),
+          "REPETITION_PENALTY": ("repetition_penalty", float), "NOISE_SCALE": ("noise_scale", float),
+          "SPEED": ("speed", float), "MAX_TOKENS": ("max_tokens", int), "STREAM": ("stream", bool)}
+
+
+class ValidationError(RuntimeError):
+    """The version's graphs disagree with its golden sample: the load fails with this reason."""
+
+
+def _value(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _text(value) -> str:
+    item = np.asarray(value, dtype=object).reshape(-1)[0]
+    return item.decode() if isinstance(item, bytes) else str(item)
+
+
+def validate_version(engine: VoiceEngine) -> dict[str, float]:
+    sample = golden.GoldenSample.load(engine.folder)
+    metrics = golden.measure(engine.gpt, engine.sovits, engine.vocoder, sample)
+    problems = golden.failures(metrics, engine.manifest.tolerances)
+    if problems:
+        raise ValidationError(f"golden sample check failed: {'; '.join(problems)}")
+    return metrics
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_name"]
+        self.version = int(args["model_version"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.engine = VoiceEngine(folder)
+        self.sample_rate = int(self.engine.manifest.sample_rate)
+        try:
+            metrics = validate_version(self.engine)
+        except Exception:
+            self.engine.close(timeout=5)
+            raise
+        self.lock = threading.Lock()
+        self.active: dict[str, Utterance] = {}
+        LOG.info("[voice] %s version %d loaded and validated (%s)", self.name, self.version,
+                 ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self._start(request, sender)
+            except RequestError as exc:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)),
+                            flags=FINAL)
+            except Exception as exc:  # never raise out of the batch loop: one bad request fails alone
+                LOG.exception("[voice] request failed")
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"voice request failed: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)), flags=FINAL)
+        return None
+
+    def _start(self, request, sender) -> None:
+        cancel = _value(request, "CANCEL")
+        if cancel is not None:
+            with self.lock:
+                target = self.active.get(_text(cancel))
+            if target is not None:
+                target.cancel()
+            sender.send(flags=FINAL)
+            return
+        parts = split_sentences(_value(request, "PHONES"), _value(request, "BERT"), _value(request, "SENTENCE_PHONES"))
+        params = {}
+        for name, (field, kind) in PARAMS.items():
+            raw = _value(request, name)
+            if raw is not None:
+                params[field] = kind(np.asarray(raw).reshape(-1)[0])
+        seed_raw = _value(request, "SEED")
+        seed = None if seed_raw is None else int(np.asarray(seed_raw).reshape(-1)[0])
+        if seed is not None and seed < 0:
+            raise RequestError(f"SEED {seed} must be a non-negative integer")
+        engine_requests = sentence_requests(parts, params, seed)
+        for req in engine_requests:
+            req.validate(self.engine.gpt.phone_vocab_size)  # all sentences checked before any work starts
+        rid_raw = _value(request, "REQUEST_ID")
+        rid = _text(rid_raw) if rid_raw is not None else None
+        utterance = Utterance(len(engine_requests), self.sample_rate, send=None)
+        utterance.send = lambda out: self._send(sender, request, utterance, rid, out)
+        if rid:
+            with self.lock:
+                self.active[rid] = utterance
+        utterance.handles = [self.engine.submit(req, utterance.emit_for(i)) for i, req in enumerate(engine_requests)]
+
+    def _send(self, sender, request, utterance: Utterance, rid: str | None, out: Outgoing) -> None:
+        if request.is_cancelled() and not out.final:
+            utterance.cancel()  # a direct client of this model went away
+            return
+        if out.final and rid:
+            with self.lock:
+                self.active.pop(rid, None)
+        if out.error:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, pb_utils.TritonError.INTERNAL)),
+                        flags=FINAL)
+            return
+        response = pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("AUDIO", out.audio.astype(np.float32)),
+            pb_utils.Tensor("SAMPLE_RATE", np.array([self.sample_rate], np.int32)),
+            pb_utils.Tensor("VOICE_VERSION", np.array([self.version], np.int32)),
+            pb_utils.Tensor("FINISH_REASON", np.array([out.finish_reason.encode()], dtype=object)),
+        ])
+        sender.send(response, flags=FINAL if out.final else 0)
+
+    def finalize(self):
+        LOG.info("[voice] %s version %d unloading: draining %d in-flight requests", self.name, self.version,
+                 self.engine.in_flight)
+        self.engine.close()

@@ -1,0 +1,135 @@
+"""A ``tts`` request as typed data: decoded, range-checked, split into sentences and phones.
+
+Triton-free so every error branch is unit-tested; ``triton_tts`` only moves tensors in and
+out. Each error carries the Triton status it maps to (INVALID_ARG for what the client sent
+wrong, NOT_FOUND for a voice that is not loaded).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from python_backend.errors import INVALID_ARG, NOT_FOUND, RequestError  # noqa: F401 (re-exported)
+from python_backend.layout import LayoutError, check_voice_name
+from python_backend.text.frontend import PhoneSequence, TextError, split_sentences, text_to_phones
+
+MAX_TEXT_CHARS = 2000
+SENTENCE_MAX_CHARS = 60
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    name: str
+    low: float
+    high: float
+    default: float
+    low_open: bool = False
+
+
+PARAMS = {
+    "TOP_K": ParamRange("TOP_K", 1, 1024, 15),
+    "TOP_P": ParamRange("TOP_P", 0.0, 1.0, 1.0, low_open=True),
+    "TEMPERATURE": ParamRange("TEMPERATURE", 0.0, 5.0, 1.0, low_open=True),
+    "REPETITION_PENALTY": ParamRange("REPETITION_PENALTY", 1.0, 3.0, 1.35),
+    "NOISE_SCALE": ParamRange("NOISE_SCALE", 0.0, 2.0, 0.5),
+    "SPEED": ParamRange("SPEED", 0.25, 4.0, 1.0),
+}
+
+
+@dataclass
+class Sentence:
+    text: str
+    phones: PhoneSequence
+
+
+@dataclass
+class TTSRequest:
+    text: str
+    voice: str
+    language: str = "auto"
+    params: dict[str, float] = field(default_factory=lambda: {k: p.default for k, p in PARAMS.items()})
+    seed: int | None = None
+    sentences: list[Sentence] = field(default_factory=list)
+
+
+def decode_text(raw, name: str) -> str:
+    """BYTES tensor element -> str; invalid UTF-8 is the client's error."""
+    if raw is None:
+        raise RequestError(f"{name} is required")
+    value = np.asarray(raw, dtype=object).reshape(-1)
+    if value.size != 1:
+        raise RequestError(f"{name} must hold exactly one element, got {value.size}")
+    item = value[0]
+    if isinstance(item, str):
+        return item
+    try:
+        return bytes(item).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"{name} is not valid UTF-8 (byte {exc.start})") from None
+
+
+def scalar(raw, name: str) -> float | None:
+    if raw is None:
+        return None
+    value = np.asarray(raw).reshape(-1)
+    if value.size != 1:
+        raise RequestError(f"{name} must hold exactly one value, got {value.size}")
+    number = float(value[0])
+    if not math.isfinite(number):
+        raise RequestError(f"{name} must be finite, got {number}")
+    return number
+
+
+def check_param(name: str, value: float | None) -> float:
+    spec = PARAMS[name]
+    if value is None:
+        return spec.default
+    low_ok = value > spec.low if spec.low_open else value >= spec.low
+    if not (low_ok and value <= spec.high):
+        bracket = "(" if spec.low_open else "["
+        raise RequestError(f"{name} {value:g} out of range {bracket}{spec.low:g}, {spec.high:g}]")
+    if name == "TOP_K" and value != int(value):
+        raise RequestError(f"TOP_K must be an integer, got {value:g}")
+    return value
+
+
+def parse(inputs: dict[str, object]) -> TTSRequest:
+    """Raw input arrays by name (None when absent) -> a checked request with its sentences."""
+    text = decode_text(inputs.get("TEXT"), "TEXT")
+    voice = decode_text(inputs.get("VOICE"), "VOICE").strip()
+    try:
+        check_voice_name(voice)
+    except LayoutError as exc:
+        raise RequestError(f"VOICE: {exc}", NOT_FOUND) from None
+    language = decode_text(inputs["LANGUAGE"], "LANGUAGE").strip().lower() if inputs.get("LANGUAGE") is not None else "auto"
+    if language not in ("auto", "zh", "en"):
+        raise RequestError(f"LANGUAGE {language!r} not supported; use auto, zh or en")
+    if not text.strip():
+        raise RequestError("TEXT is empty or whitespace")
+    if len(text) > MAX_TEXT_CHARS:
+        raise RequestError(f"TEXT has {len(text)} characters; the limit is {MAX_TEXT_CHARS} per request")
+    params = {name: check_param(name, scalar(inputs.get(name), name)) for name in PARAMS}
+    seed_value = scalar(inputs.get("SEED"), "SEED")
+    seed = None
+    if seed_value is not None:
+        if seed_value < 0 or seed_value != int(seed_value):
+            raise RequestError(f"SEED must be a non-negative integer, got {seed_value:g}")
+        seed = int(seed_value)
+    request = TTSRequest(text=text, voice=voice, language=language, params=params, seed=seed)
+    request.sentences = sentences(text, language)
+    return request
+
+
+def sentences(text: str, language: str) -> list[Sentence]:
+    out = []
+    for piece in split_sentences(text, SENTENCE_MAX_CHARS):
+        try:
+            seq = text_to_phones(piece, language, add_final_punct=True, pad_short=True)
+        except TextError:
+            continue  # a piece of only symbols: nothing to say
+        out.append(Sentence(piece, seq))
+    if not out:
+        raise RequestError("TEXT has nothing pronounceable in the requested language")
+    return out
