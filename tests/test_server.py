@@ -149,7 +149,7 @@ def test_official_container_command(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.pbtxt").write_text("")
     line = srv.official_container_command(tmp_path)
-    assert srv.CONTAINER_IMAGE in line and f"-v {tmp_path.resolve()}:/models" in line
+    assert "-p 127.0.0.1:8000:8000" in line and srv.CONTAINER_IMAGE in line and f"-v {tmp_path.resolve()}:/models" in line
     assert "--load-model=gsv_bert" in line and ".gsv" not in line and "onnxruntime-gpu" in line and "torch" not in line
 
 
@@ -285,6 +285,27 @@ def test_default_skips_hidden_folders_and_sigterm_stops_promptly(repo, tmp_path)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # no Python stub left behind
     assert "successfully unloaded 'gsv_ssl'" in proc.log_path.read_text()
+
+
+@pytest.mark.integration
+def test_open_http_connection_bounds_shutdown_by_exit_timeout(repo, tmp_path):
+    """Triton 2.51 waits for idle HTTP keep-alive connections until --exit-timeout-secs (then exits 1);
+    stop() must not kill it before that, and the wait is bounded by the timeout we pass."""
+    small = tmp_path / "repo"
+    small.mkdir()
+    shutil.copytree(repo / "gsv_ssl", small / "gsv_ssl")
+    proc = start_server(small, models=["gsv_ssl"], log_dir=tmp_path, exit_timeout=3)
+    client = httpclient.InferenceServerClient(proc.http_url)
+    try:
+        assert client.is_server_ready()  # leaves a keep-alive connection open
+        start = time.monotonic()
+        code = proc.stop()
+        elapsed = time.monotonic() - start
+    finally:
+        client.close()
+        proc.stop(5)
+    assert code in (0, 1) and 2.5 < elapsed < 10, (code, elapsed)
+    assert "Timeout 1: Found 1 HTTP service connections" in proc.log_path.read_text()
 
 
 @pytest.mark.integration
