@@ -202,6 +202,7 @@ class RequestHandle:
         self._done = threading.Event()
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.generated = 0  #: tokens sampled so far (written by the decode thread; for progress only)
         self.tokens: np.ndarray | None = None  #: generated semantic tokens (set when the GPT part ends)
         self.gpt_done_at: float | None = None  #: time.monotonic() when its row left the GPT batch
 
@@ -261,10 +262,17 @@ _STOP = object()
 
 
 class VoiceEngine:
-    """Serve one voice version folder (``REPO/voice_<name>/<N>/``)."""
+    """Serve one voice version folder (``REPO/voice_<name>/<N>/``).
+
+    ``max_batch``: most rows in the GPT batch and in one SoVITS/vocoder call.
+    ``stream_first_tokens`` / ``stream_chunk_tokens`` / ``left_context`` / ``holdback``: the
+    streaming chunk schedule (module doc). ``threads``: onnxruntime intra-op threads per
+    session (0: its default). ``ignore_eos``: benchmark mode, every request runs to its budget.
+    """
 
     def __init__(self, version_dir: str | Path, max_batch: int = 16, stream_first_tokens: int = 10,
-                 stream_chunk_tokens: int = 25, threads: int = 0, left_context: int = 8, holdback: int = 3):
+                 stream_chunk_tokens: int = 25, threads: int = 0, left_context: int = 8, holdback: int = 3,
+                 ignore_eos: bool = False):
         if max_batch < 1 or stream_first_tokens <= holdback or stream_chunk_tokens < 1:
             raise ValueError(f"max_batch={max_batch} stream_first_tokens={stream_first_tokens} "
                              f"stream_chunk_tokens={stream_chunk_tokens} holdback={holdback}: need max_batch >= 1, "
@@ -276,6 +284,9 @@ class VoiceEngine:
         self.stream_chunk_tokens = stream_chunk_tokens
         self.left_context = left_context
         self.holdback = holdback
+        # benchmark mode: EOS is masked at every step, so every request runs to its budget
+        # (compare pipelines on equal work; random-weight GPTs emit EOS at arbitrary points)
+        self.eos_mask_steps = MAX_TOKENS + 1 if ignore_eos else sampling.EOS_MASK_STEPS
         opts, prov = session_options(threads), providers()
         self.gpt = GPTRunner(self.folder / "gpt_prefill.onnx", self.folder / "gpt_step.onnx", prov, opts)
         self.sovits = OnnxStage(self.folder / "sovits.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
@@ -403,7 +414,7 @@ class VoiceEngine:
     def _decode_step(self, batch: "_Batch") -> None:
         rows = batch.rows
         gen = np.array([row.generated for row in rows])
-        masked = sampling.mask_eos(batch.logits, gen, self.gpt.eos)
+        masked = sampling.mask_eos(batch.logits, gen, self.gpt.eos, self.eos_mask_steps)
         reqs = [row.r.req for row in rows]
         tokens, argmax = sampling.sample(
             masked, [row.history[: row.n_prompt + row.generated] for row in rows],
@@ -413,6 +424,7 @@ class VoiceEngine:
         for i, row in enumerate(rows):
             row.history[row.n_prompt + row.generated] = tokens[i]
             row.generated += 1
+            row.r.handle.generated = row.generated
             reason = sampling.stop_reason(row.generated, argmax[i], tokens[i], self.gpt.eos, -1, row.r.budget)
             if int(tokens[i]) != self.gpt.eos:
                 row.r.tokens.append(int(tokens[i]))
