@@ -43,8 +43,14 @@ def get_args(argv=None) -> argparse.Namespace:
     inspect.add_argument("graph", type=Path)
 
     from export.client import add_say_parser
+    from export.server import add_serve_parser
 
     add_say_parser(sub)
+    add_serve_parser(sub)
+    quick = sub.add_parser("quickstart", help="demo voice -> export -> serve -> a WAV through tritonclient, in one go")
+    quick.add_argument("--dir", type=Path, default=Path("quickstart"), help="working folder (demo files, repository, WAV)")
+    quick.add_argument("--size", choices=["full", "tiny"], default="full")
+    quick.add_argument("--text", default="今天天气很好，我们一起去公园散步吧。")
     return parser.parse_args(argv)
 
 
@@ -108,7 +114,20 @@ def cmd_say(args) -> int:
     return run(args)
 
 
-COMMANDS = {"demo-voice": cmd_demo_voice, "export": cmd_export, "inspect": cmd_inspect, "say": cmd_say}
+def cmd_serve(args) -> int:
+    from export.server import cmd_serve as run
+
+    return run(args)
+
+
+def cmd_quickstart(args) -> int:
+    from export.quickstart import run
+
+    return run(args.dir, args.size, args.text)
+
+
+COMMANDS = {"demo-voice": cmd_demo_voice, "export": cmd_export, "inspect": cmd_inspect, "say": cmd_say,
+            "serve": cmd_serve, "quickstart": cmd_quickstart}
 
 
 def main(argv=None) -> int:

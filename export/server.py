@@ -173,6 +173,14 @@ def repository_models(repo: Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
 
 
+def static_repository() -> Path:
+    """The project's own models (``tts``, ``tts_stream``), served beside the user's repository."""
+    folder = Path(__file__).resolve().parent.parent / "model_repository"
+    if not (folder / "tts" / "config.pbtxt").is_file():
+        raise ServerError(f"{folder}: the tts models are missing; install gsv-triton from its source folder (pip install -e .)")
+    return folder
+
+
 def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                    host: str = "127.0.0.1", load_models: list[str] | str = "*", extra_args=(),
                    cache_dir: Path | None = None, install: TritonInstall | None = None) -> tuple[list[str], dict]:
@@ -186,12 +194,20 @@ def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, met
     repo = Path(repo).resolve()
     if not repo.is_dir():
         raise ServerError(f"model repository {repo} not found")
-    names = repository_models(repo) if load_models == "*" else list(load_models)
+    static = static_repository()
+    if load_models == "*":
+        clash = set(repository_models(repo)) & set(repository_models(static))
+        if clash:
+            raise ServerError(f"{repo} has models named like gsv-triton's own: {sorted(clash)}; rename them")
+        names = repository_models(repo) + repository_models(static)
+    else:
+        names = list(load_models)
     for name in names:
         if not name or name.startswith(".") or "/" in name or name == "*":
             raise ServerError(f"not a model name: {name!r}")
     argv = [str(install.binary),
             f"--model-repository={repo}",
+            f"--model-repository={static}",
             "--model-control-mode=explicit",
             f"--backend-directory={prepare_backend_dir(cache_dir, install)}",
             f"--http-address={host}", f"--http-port={http_port}",
@@ -394,11 +410,12 @@ def official_container_command(repo: Path, project: Path | None = None, models: 
     """
     repo = Path(repo).resolve()
     project = Path(project or Path(__file__).resolve().parent.parent).resolve()
-    names = repository_models(repo) if models == "*" else list(models)
+    names = repository_models(repo) + repository_models(project / "model_repository") if models == "*" else list(models)
     loads = " ".join(f"--load-model={n}" for n in names)
     inner = (f"cp -r /opt/gsv-triton-src /tmp/gsv-triton && pip install --no-cache-dir {CONTAINER_PIP} && "
              f"pip install --no-cache-dir --no-deps /tmp/gsv-triton && "
-             f"exec tritonserver --model-repository=/models --model-control-mode=explicit {loads}").rstrip()
+             f"exec tritonserver --model-repository=/models --model-repository=/opt/gsv-triton-src/model_repository "
+             f"--model-control-mode=explicit {loads}").rstrip()
     # Inside the container Triton must listen on 0.0.0.0 for the port mapping; publish the ports
     # on the host's loopback only, like `gsv-triton serve` (drop "127.0.0.1:" to expose them).
     return (f"docker run --rm --gpus all --shm-size=1g "

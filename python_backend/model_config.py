@@ -127,10 +127,10 @@ STATIC_MODELS = {"tts": tts_model_spec, "tts_stream": tts_stream_model_spec}
 
 
 def bert_model_spec() -> ModelSpec:
-    """Shared BERT: text in, per-phone features out (loaded once for all voices)."""
+    """Shared BERT (loaded once for all voices): TEXT (per-character rows) or INPUT_IDS in, features out."""
     return ModelSpec(
         name="gsv_bert",
-        inputs=[TensorSpec("INPUT_IDS", "INT64", (-1,))],
+        inputs=[TensorSpec("TEXT", "BYTES", (1,), optional=True), TensorSpec("INPUT_IDS", "INT64", (-1,), optional=True)],
         outputs=[TensorSpec("HIDDEN", "FP32", (-1, 1024))],
     )
 

@@ -1,7 +1,9 @@
-"""Triton Python model ``gsv_bert``: token ids of one sentence in, BERT features out.
+"""Triton Python model ``gsv_bert``: one sentence in, BERT features out.
 
-INPUT_IDS INT64 [N] (CLS ... SEP, ids from the vocab.txt beside bert.onnx) -> HIDDEN FP32
-[N, 1024], the third-from-last hidden layer GPT-SoVITS uses. One request is one sentence
+Either TEXT BYTES [1] (normalized Chinese text; tokenized here with the vocab.txt beside
+bert.onnx) -> HIDDEN FP32 [N_chars, 1024], one row per character ([CLS]/[SEP] dropped), or
+INPUT_IDS INT64 [N] (CLS ... SEP) -> HIDDEN FP32 [N, 1024]: the third-from-last hidden layer
+GPT-SoVITS uses. One request is one sentence
 (no padding); a batch of requests is answered one by one, each with its own result or error.
 
 Errors: a bad request (empty, too long, wrong rank, an id outside the vocabulary) gets
@@ -18,6 +20,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend.onnx_stage import OnnxStage
+from python_backend.text.frontend import CharTokenizer
 
 MODEL_TYPE = "gpt-sovits-bert"
 DEFAULT_MAX_TOKENS = 512  # BERT's max_position_embeddings (chinese-roberta-wwm-ext-large)
@@ -72,6 +75,7 @@ class TritonPythonModel:
             log.warning("[bert] %s: vocab.txt missing (callers need it to tokenize)", folder)
         elif vocab_lines != self.vocab_size:
             log.warning("[bert] %s: vocab.txt has %d entries, the graph %d", folder, vocab_lines, self.vocab_size)
+        self.tokenizer = CharTokenizer.from_vocab_file(vocab_file) if vocab_lines else None
         self.max_tokens = int(meta.get("max_positions") or DEFAULT_MAX_TOKENS)
         self.dim = int(meta.get("dim", 1024))
         log.info("[bert] loaded %s (vocab %d, dim %d, up to %d ids)", folder, self.vocab_size, self.dim, self.max_tokens)
@@ -80,9 +84,15 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                tensor = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS")
-                ids = check_ids(None if tensor is None else tensor.as_numpy(), self.vocab_size, self.max_tokens)
+                text = pb_utils.get_input_tensor_by_name(request, "TEXT")
+                if text is not None:
+                    ids = self._tokenize(text.as_numpy())
+                else:
+                    tensor = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS")
+                    ids = check_ids(None if tensor is None else tensor.as_numpy(), self.vocab_size, self.max_tokens)
                 hidden = self.stage.run(input_ids=ids)["hidden"][0].astype(np.float32, copy=False)
+                if text is not None:
+                    hidden = hidden[1:-1]  # one row per character
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("HIDDEN", hidden)]))
             except RequestError as exc:
                 responses.append(error_response(f"gsv_bert: {exc}", pb_utils.TritonError.INVALID_ARG))
@@ -91,6 +101,20 @@ class TritonPythonModel:
                 responses.append(error_response(f"gsv_bert: inference failed ({type(exc).__name__})",
                                                 pb_utils.TritonError.INTERNAL))
         return responses
+
+    def _tokenize(self, raw: np.ndarray) -> np.ndarray:
+        if self.tokenizer is None:
+            raise RequestError("TEXT needs vocab.txt beside bert.onnx; send INPUT_IDS instead")
+        item = np.asarray(raw, dtype=object).reshape(-1)
+        if item.size != 1:
+            raise RequestError(f"TEXT must hold one element, got {item.size}")
+        try:
+            text = item[0].decode("utf-8") if isinstance(item[0], bytes) else str(item[0])
+        except UnicodeDecodeError:
+            raise RequestError("TEXT is not valid UTF-8") from None
+        if not text:
+            raise RequestError("TEXT is empty")
+        return check_ids(self.tokenizer.encode(text).reshape(-1), self.vocab_size, self.max_tokens)
 
     def finalize(self):
         log.info("[bert] unloading")

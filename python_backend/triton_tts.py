@@ -21,7 +21,6 @@ from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, par
 
 LOG = logging.getLogger("gsv.tts")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-CODES = {INVALID_ARG: pb_utils.TritonError.INVALID_ARG, NOT_FOUND: pb_utils.TritonError.NOT_FOUND}
 WORKERS = 64
 
 
@@ -88,7 +87,8 @@ def _cancel(model: str, version: int, request_id: str) -> None:
 
 def _error(exc: Exception):
     if isinstance(exc, RequestError):
-        return pb_utils.TritonError(str(exc), CODES.get(exc.code, pb_utils.TritonError.INVALID_ARG))
+        codes = {INVALID_ARG: pb_utils.TritonError.INVALID_ARG, NOT_FOUND: pb_utils.TritonError.NOT_FOUND}
+        return pb_utils.TritonError(str(exc), codes.get(exc.code, pb_utils.TritonError.INVALID_ARG))
     if isinstance(exc, VoiceError):
         return pb_utils.TritonError(str(exc), exc.code)
     LOG.exception("[tts] synthesis failed")

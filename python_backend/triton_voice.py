@@ -61,8 +61,30 @@ class TritonPythonModel:
             raise
         self.lock = threading.Lock()
         self.active: dict[str, Utterance] = {}
+        self._metrics()
         LOG.info("[voice] %s version %d loaded and validated (%s)", self.name, self.version,
                  ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
+
+    def _metrics(self) -> None:
+        """Triton counts a Python model's error responses as successes, so count outcomes here."""
+        labels = {"model": self.name, "version": str(self.version)}
+        # the families must outlive their metrics, so they are kept on the model
+        self.in_flight_family = pb_utils.MetricFamily(
+            name="gsv_voice_in_flight", description="requests being synthesized by a voice version",
+            kind=pb_utils.MetricFamily.GAUGE)
+        self.in_flight = self.in_flight_family.Metric(labels=labels)
+        self.finished = pb_utils.MetricFamily(
+            name="gsv_voice_requests_total", description="sentences finished by a voice version, by finish reason",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.finished_by_reason = {}
+        self.labels = labels
+
+    def _count(self, reasons: str) -> None:
+        for reason in filter(None, reasons.split(",")):
+            metric = self.finished_by_reason.get(reason)
+            if metric is None:
+                metric = self.finished_by_reason[reason] = self.finished.Metric(labels={**self.labels, "reason": reason})
+            metric.increment(1)
 
     def execute(self, requests):
         for request in requests:
@@ -107,15 +129,19 @@ class TritonPythonModel:
         if rid:
             with self.lock:
                 self.active[rid] = utterance
+        self.in_flight.increment(1)
         utterance.handles = [self.engine.submit(req, utterance.emit_for(i)) for i, req in enumerate(engine_requests)]
 
     def _send(self, sender, request, utterance: Utterance, rid: str | None, out: Outgoing) -> None:
         if request.is_cancelled() and not out.final:
             utterance.cancel()  # a direct client of this model went away
             return
-        if out.final and rid:
-            with self.lock:
-                self.active.pop(rid, None)
+        if out.final:
+            self.in_flight.increment(-1)
+            if rid:
+                with self.lock:
+                    self.active.pop(rid, None)
+        self._count(out.finish_reason)
         if out.error:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, pb_utils.TritonError.INTERNAL)),
                         flags=FINAL)

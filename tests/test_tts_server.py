@@ -1,0 +1,195 @@
+"""The whole pipeline on a real tritonserver, called with real tritonclient (HTTP and gRPC).
+
+Two tiny random-weight voices are exported into one repository and served side by side.
+Random-weight GPTs rarely emit EOS, so requests cap the tokens per sentence (MAX_TOKENS).
+"""
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from export import cli
+from export.client import ClientError, stream, synthesize
+from tests.triton_fixtures import require_tritonserver, start_server
+
+pytestmark = pytest.mark.integration
+VOICES = ("alpha", "beta")
+REF_TEXT = "你好，欢迎使用语音合成服务。"
+TEXT = "今天天气很好。我们去公园散步吧！"
+FIXED = {"TOP_K": 1, "SEED": 7, "MAX_TOKENS": 30}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_tritonserver()
+    root = tmp_path_factory.mktemp("tts")
+    repo = root / "repo"
+    repo.mkdir()
+    for seed, voice in enumerate(VOICES, start=3):
+        src = root / voice
+        assert cli.main(["demo-voice", str(src), "--size", "tiny", "--seed", str(seed)]) == 0
+        assert cli.main(["export", "--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"),
+                         "--ref-audio", str(src / "ref.wav"), "--ref-text", REF_TEXT, "--ref-lang", "zh",
+                         "--hubert", str(src / "chinese-hubert-base"), "--bert", str(src / "chinese-roberta-wwm-ext-large"),
+                         "--voice", voice, "--repo", str(repo), "--no-progress"]) == 0
+    proc = start_server(repo, log_dir=root)
+    yield proc
+    proc.stop()
+
+
+def healthy(server) -> bool:
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
+        return resp.status == 200
+
+
+def test_http_and_grpc_give_the_same_audio(server):
+    a = synthesize(TEXT, "alpha", server.grpc_url, **FIXED)
+    b = synthesize(TEXT, "alpha", server.http_url, http=True, **FIXED)
+    assert a.sample_rate == 32000 and a.voice_version == 1
+    assert a.audio.size > 32000 * 0.5 and np.all(np.isfinite(a.audio)) and np.abs(a.audio).max() > 1e-4
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-6)
+    assert set(a.finish_reason.split(",")) <= {"eos", "budget"}
+
+
+def test_same_seed_same_audio_and_seed_matters(server):
+    one = synthesize(TEXT, "alpha", server.grpc_url, SEED=11, MAX_TOKENS=30)
+    two = synthesize(TEXT, "alpha", server.grpc_url, SEED=11, MAX_TOKENS=30)
+    other = synthesize(TEXT, "alpha", server.grpc_url, SEED=12, MAX_TOKENS=30)
+    np.testing.assert_array_equal(one.audio, two.audio)
+    assert one.audio.size != other.audio.size or not np.allclose(one.audio, other.audio)
+
+
+def test_long_text_is_split_and_spoken_in_order(server):
+    single = synthesize("今天天气很好。", "alpha", server.grpc_url, **FIXED)
+    double = synthesize("今天天气很好。我们去公园散步吧！", "alpha", server.grpc_url, **FIXED)
+    pause = int(0.3 * 32000)
+    assert double.audio.size > single.audio.size + pause
+    np.testing.assert_allclose(double.audio[: single.audio.size], single.audio, atol=1e-4)
+
+
+def test_stream_first_chunk_arrives_before_the_last_is_computed(server):
+    # several sentences: each makes at least 11 tokens (EOS is masked that long), so the
+    # stream has many chunks whatever the random GPT does
+    text = "今天天气很好。我们一起去公园散步。然后回家吃饭。明天还要上班。"
+    full = synthesize(text, "alpha", server.grpc_url, TOP_K=1, SEED=5, MAX_TOKENS=120)
+    got = stream(text, "alpha", server.grpc_url, TOP_K=1, SEED=5, MAX_TOKENS=120)
+    assert got.chunks >= 4
+    assert got.chunk_times[0] < got.chunk_times[-1]
+    assert got.audio.size == full.audio.size
+    assert np.max(np.abs(got.audio - full.audio)) < 0.5 * max(np.abs(full.audio).max(), 1e-3)
+    assert got.voice_version == full.voice_version
+
+
+def test_sixteen_concurrent_requests_across_voices_no_crosstalk(server):
+    solo = {v: synthesize(TEXT, v, server.grpc_url, **FIXED) for v in VOICES}
+    assert solo["alpha"].audio.size != solo["beta"].audio.size or not np.allclose(solo["alpha"].audio, solo["beta"].audio)
+    jobs = [VOICES[i % 2] for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda v: (v, synthesize(TEXT, v, server.grpc_url, **FIXED)), jobs))
+    for voice, speech in results:
+        assert speech.audio.size == solo[voice].audio.size, voice
+        np.testing.assert_allclose(speech.audio, solo[voice].audio, atol=1e-3, err_msg=voice)
+
+
+@pytest.mark.parametrize("kwargs,code,needle", [
+    ({"voice": "nobody"}, "NOT_FOUND", "not loaded"),
+    ({"text": "   "}, "INVALID_ARG", "empty or whitespace"),
+    ({"text": "好" * 2001}, "INVALID_ARG", "limit"),
+    ({"TOP_P": 1.5}, "INVALID_ARG", "TOP_P 1.5 out of range"),
+    ({"SPEED": 0.0}, "INVALID_ARG", "SPEED 0 out of range"),
+    ({"TOP_K": 0}, "INVALID_ARG", "TOP_K 0 out of range"),
+])
+def test_errors_are_clear_coded_and_others_keep_being_served(server, kwargs, code, needle):
+    args = {"text": TEXT, "voice": "alpha", **FIXED, **kwargs}
+    text, voice = args.pop("text"), args.pop("voice")
+    with ThreadPoolExecutor(2) as pool:
+        good = pool.submit(synthesize, TEXT, "beta", server.grpc_url, **FIXED)
+        with pytest.raises(ClientError) as info:
+            synthesize(text, voice, server.grpc_url, **args)
+        assert good.result().audio.size > 0
+    message = str(info.value)
+    assert needle in message and "\n" not in message and "Traceback" not in message
+    grpc_status = _grpc_status(text, voice, server, args)
+    assert grpc_status == {"NOT_FOUND": "StatusCode.NOT_FOUND", "INVALID_ARG": "StatusCode.INVALID_ARGUMENT"}[code]
+    http_status = _http_status(text, voice, server, args)
+    assert http_status == {"NOT_FOUND": 404, "INVALID_ARG": 400}[code]
+    assert healthy(server)
+
+
+def _raw_inputs(module, text: bytes, voice: str, params: dict):
+    from export.client import _inputs
+
+    inputs = _inputs(module, "x", voice, None, params)
+    inputs[0].set_data_from_numpy(np.array([text], dtype=object))
+    return inputs
+
+
+def _grpc_status(text, voice, server, params) -> str:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        client.infer("tts", _raw_inputs(grpcclient, text.encode(), voice, params))
+    except InferenceServerException as exc:
+        return str(exc.status())
+    return "OK"
+
+
+def _http_status(text, voice, server, params) -> int:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.infer("tts", _raw_inputs(httpclient, text.encode(), voice, params))
+    except InferenceServerException as exc:
+        return int(re.search(r"\d{3}", str(exc.status())).group()) if exc.status() else -1
+    return 200
+
+
+def test_invalid_utf8_is_invalid_arg(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("tts", _raw_inputs(grpcclient, b"\xff\xfe\xfa", "alpha", FIXED))
+    assert "not valid UTF-8" in info.value.message() and str(info.value.status()) == "StatusCode.INVALID_ARGUMENT"
+    assert healthy(server)
+
+
+def _metric(server, name: str, **labels) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_dropped_stream_frees_its_decode_slot(server):
+    text = "。".join(["今天天气很好我们一起去公园散步然后回家吃饭"] * 12) + "。"
+    before = _metric(server, "gsv_voice_requests_total", reason="cancelled")
+    chunks: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: chunks.put((result, error)))
+    from export.client import _inputs
+
+    client.async_stream_infer("tts_stream", _inputs(grpcclient, text, "alpha", None, {"MAX_TOKENS": 1500, "SEED": 1}))
+    result, error = chunks.get(timeout=120)
+    assert error is None and result.as_numpy("AUDIO").size > 0
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.time() + 60
+    while time.time() < deadline and _metric(server, "gsv_voice_requests_total", reason="cancelled") <= before:
+        time.sleep(0.2)
+    assert _metric(server, "gsv_voice_requests_total", reason="cancelled") > before
+    deadline = time.time() + 60
+    while time.time() < deadline and _metric(server, "gsv_voice_in_flight", model="voice_alpha") > 0:
+        time.sleep(0.2)
+    assert _metric(server, "gsv_voice_in_flight", model="voice_alpha") == 0
+    assert synthesize(TEXT, "alpha", server.grpc_url, **FIXED).audio.size > 0
