@@ -102,7 +102,10 @@ def test_server_command_env_and_hidden_folders(tmp_path):
         (tmp_path / "repo" / name / "config.pbtxt").write_text("")
     (tmp_path / "repo" / "notes").mkdir()  # no config.pbtxt: not a model
     argv, env = srv.server_command(tmp_path / "repo", 1, 2, 3, cache_dir=tmp_path / "cache")
-    assert [a for a in argv if a.startswith("--load-model")] == ["--load-model=gsv_ssl", "--load-model=voice_a"]
+    # the user's visible models, then the project's own (tts, tts_stream) from the second repository
+    assert [a for a in argv if a.startswith("--load-model")] == [
+        "--load-model=gsv_ssl", "--load-model=voice_a", "--load-model=tts", "--load-model=tts_stream"]
+    assert f"--model-repository={srv.static_repository()}" in argv
     for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                  "--model-control-mode=explicit", "--http-port=1", "--grpc-port=2", "--metrics-port=3"):
         assert flag in argv
@@ -264,7 +267,7 @@ def test_default_skips_hidden_folders_and_sigterm_stops_promptly(repo, tmp_path)
     (small / ".gsv" / "staging" / "voice_x" / "1").mkdir(parents=True)
     proc = start_server(small, models=None, log_dir=tmp_path)
     try:
-        assert proc.models == ["gsv_ssl"]
+        assert proc.models == ["gsv_ssl", "tts", "tts_stream"]
         index = {m["name"]: m.get("state") for m in srv.loaded_models(proc.http_url)}
         assert index.get("gsv_ssl") == "READY" and index.get(".gsv") is None
         client = grpcclient.InferenceServerClient(proc.grpc_url)
