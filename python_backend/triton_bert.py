@@ -14,26 +14,18 @@ Triton itself refuses a wrong dtype before the request reaches ``execute``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from python_backend.errors import RequestError
 from python_backend.onnx_stage import OnnxStage
+from python_backend.triton_common import ensure_logging, error_response, version_dir
 from python_backend.text.frontend import CharTokenizer
 
 MODEL_TYPE = "gpt-sovits-bert"
 DEFAULT_MAX_TOKENS = 512  # BERT's max_position_embeddings (chinese-roberta-wwm-ext-large)
 log = logging.getLogger("gsv_triton.bert")
-
-
-class RequestError(ValueError):
-    """A request this model cannot answer; the message goes to the client as INVALID_ARG."""
-
-
-def version_dir(args: dict) -> Path:
-    """The loaded version's folder: Triton passes the model folder and the version number."""
-    return Path(args["model_repository"]) / str(args["model_version"])
 
 
 def check_ids(ids: np.ndarray | None, vocab_size: int, max_tokens: int) -> np.ndarray:
@@ -51,18 +43,9 @@ def check_ids(ids: np.ndarray | None, vocab_size: int, max_tokens: int) -> np.nd
     return ids.astype(np.int64, copy=False)[None, :]
 
 
-def _ensure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-
-
-def error_response(message: str, code) -> "pb_utils.InferenceResponse":
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        _ensure_logging()
+        ensure_logging()
         folder = version_dir(args)
         self.stage = OnnxStage(folder / "bert.onnx", MODEL_TYPE, inputs=("input_ids",), outputs=("hidden",))
         meta = self.stage.metadata

@@ -11,26 +11,19 @@ the graph gets ``INTERNAL`` (the traceback goes to the server log only).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from python_backend.errors import RequestError
 from python_backend.onnx_stage import OnnxStage
+from python_backend.triton_common import ensure_logging, error_response, version_dir
 
 MODEL_TYPE = "gpt-sovits-ssl"
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # HuBERT's convolutional front end: one frame needs 25 ms
 MAX_SECONDS = 60  # attention memory grows with the square of the length; references are 3-10 s
 log = logging.getLogger("gsv_triton.ssl")
-
-
-class RequestError(ValueError):
-    """A request this model cannot answer; the message goes to the client as INVALID_ARG."""
-
-
-def version_dir(args: dict) -> Path:
-    return Path(args["model_repository"]) / str(args["model_version"])
 
 
 def check_wav(wav: np.ndarray | None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -48,18 +41,9 @@ def check_wav(wav: np.ndarray | None, sample_rate: int = SAMPLE_RATE) -> np.ndar
     return wav.astype(np.float32, copy=False)[None, :]
 
 
-def _ensure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-
-
-def error_response(message: str, code) -> "pb_utils.InferenceResponse":
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        _ensure_logging()
+        ensure_logging()
         folder = version_dir(args)
         self.stage = OnnxStage(folder / "ssl.onnx", MODEL_TYPE, inputs=("wav16k",), outputs=("ssl",))
         self.sample_rate = int(self.stage.metadata.get("sample_rate", SAMPLE_RATE))

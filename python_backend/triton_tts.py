@@ -17,6 +17,7 @@ from python_backend import tts_pipeline
 from python_backend.layout import BERT_MODEL
 from python_backend.model_config import TTS_INPUTS
 from python_backend.text.frontend import warmup
+from python_backend.triton_common import ensure_logging
 from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, parse
 
 LOG = logging.getLogger("gsv.tts")
@@ -110,6 +111,7 @@ class _BLS:
     stream = False
 
     def initialize(self, args):
+        ensure_logging()
         warmup()
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
         self.lock = threading.Lock()

@@ -14,6 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend import golden
+from python_backend.triton_common import ensure_logging
 from python_backend.voice_engine import RequestError, VoiceEngine
 from python_backend.voice_request import Outgoing, Utterance, sentence_requests, split_sentences
 
@@ -49,6 +50,7 @@ def validate_version(engine: VoiceEngine) -> dict[str, float]:
 
 class TritonPythonModel:
     def initialize(self, args):
+        ensure_logging()
         self.name = args["model_name"]
         self.version = int(args["model_version"])
         folder = Path(args["model_repository"]) / args["model_version"]

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import queue
 import re
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
