@@ -29,7 +29,7 @@ from export.shared_models import ensure_shared
 from export.sovits_model import build_sovits
 from export.sovits_stages import sovits_graph_specs
 from python_backend import golden as golden_mod
-from python_backend import layout
+from python_backend import history, layout
 from python_backend.audio import AudioError, load_reference, prompt_input
 from python_backend.gpt_runner import GPTRunner
 from python_backend.manifest import GraphEntry, Reference, SourceFile, VoiceManifest
@@ -245,6 +245,7 @@ def export_voice(opts: ExportOptions) -> Path:
         manifest.validate()
         manifest.write(staged.path)
         target = staged.publish(voice_model_spec(layout.voice_model(opts.voice)))
+        history.append(opts.repo, history.Event(opts.voice, staged.version, "staged", label=manifest.label))
         bar.update(1)
     bar.close()
     return target

@@ -6,6 +6,9 @@ REPO/
   gsv_bert/, gsv_ssl/             shared auxiliary models, one copy for all voices
   .gsv/staging/                   versions being written (renamed into place when complete)
   .gsv/quarantine/                versions refused at load, with the reason
+  .gsv/retired/                   versions taken out of service by a rollback
+  .gsv/routing.json               canary routing (voice -> active, canary, weight)
+  .gsv/history.jsonl              what happened to every version, and why
 """
 from __future__ import annotations
 
@@ -47,6 +50,14 @@ def staging_root(repo: Path) -> Path:
 
 def quarantine_root(repo: Path) -> Path:
     return Path(repo) / STATE_DIR / "quarantine"
+
+
+def retired_root(repo: Path) -> Path:
+    return Path(repo) / STATE_DIR / "retired"
+
+
+def routing_file(repo: Path) -> Path:
+    return Path(repo) / STATE_DIR / "routing.json"
 
 
 def version_numbers(model_dir: Path) -> list[int]:
