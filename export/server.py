@@ -220,6 +220,7 @@ def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, met
     libs = [str(install.python_libdir), str(install.libs), env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
     env.pop("PYTHONHOME", None)  # would override the venv the stub finds through PATH
+    env["GSV_REPO"] = str(repo)  # the tts BLS reads the voices' canary routing (.gsv/routing.json) there
     return argv, env
 
 
@@ -418,7 +419,7 @@ def official_container_command(repo: Path, project: Path | None = None, models: 
              f"--model-control-mode=explicit {loads}").rstrip()
     # Inside the container Triton must listen on 0.0.0.0 for the port mapping; publish the ports
     # on the host's loopback only, like `gsv-triton serve` (drop "127.0.0.1:" to expose them).
-    return (f"docker run --rm --gpus all --shm-size=1g "
+    return (f"docker run --rm --gpus all --shm-size=1g -e GSV_REPO=/models "
             f"-p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -p 127.0.0.1:8002:8002 "
             f"-v {repo}:/models -v {project}:/opt/gsv-triton-src:ro {CONTAINER_IMAGE} bash -c \"{inner}\"")
 

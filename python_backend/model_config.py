@@ -37,6 +37,7 @@ class ModelSpec:
     max_batch_size: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
     latest_versions: int | None = 1  # None: policy "all" (keeps every version folder loaded)
+    specific_versions: tuple[int, ...] | None = None  # set: policy "specific" (a canary beside the active version)
 
     def render(self) -> str:
         parts = [f'name: "{self.name}"', 'backend: "python"', f"max_batch_size: {self.max_batch_size}"]
@@ -44,7 +45,12 @@ class ModelSpec:
         parts.append("output [\n" + ",\n".join(t.render() for t in self.outputs) + "\n]")
         if self.decoupled:
             parts.append("model_transaction_policy {\n  decoupled: true\n}")
-        policy = "all { }" if self.latest_versions is None else f"latest {{ num_versions: {self.latest_versions} }}"
+        if self.specific_versions:
+            policy = f"specific {{ versions: [ {', '.join(str(int(v)) for v in sorted(set(self.specific_versions)))} ] }}"
+        elif self.latest_versions is None:
+            policy = "all { }"
+        else:
+            policy = f"latest {{ num_versions: {self.latest_versions} }}"
         parts.append(f"version_policy: {{ {policy} }}")
         parts.append(f"instance_group [\n  {{\n    count: {self.instance_count}\n    kind: KIND_CPU\n  }}\n]")
         for key, value in sorted(self.parameters.items()):

@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 from python_backend import tts_pipeline
 from python_backend.layout import BERT_MODEL
 from python_backend.model_config import TTS_INPUTS
+from python_backend.routing import CURRENT, RoutingTable
 from python_backend.text.frontend import warmup
 from python_backend.triton_common import ensure_logging
 from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, parse
@@ -61,11 +62,30 @@ def _chunk(resp) -> tts_pipeline.VoiceChunk | None:
     )
 
 
+ROUTING = RoutingTable.from_env()  # canary routing of the user's repository (GSV_REPO); none without it
+
+
+def _version(model: str) -> int:
+    """The version one request runs on: a canary share to the candidate, the rest to the active
+    version, each named explicitly; -1 (the current version) for voices without a canary. A
+    routed version that is not ready (a replica still loading it) yields to the other one."""
+    chosen, other = ROUTING.choose(model.removeprefix("voice_"))
+    error = ROUTING.pop_error()
+    if error:
+        LOG.warning("[tts] routing.json ignored until it changes: %s", error)
+    for version in (chosen, other):
+        if version is not None and version != CURRENT and pb_utils.is_model_ready(model_name=model,
+                                                                                  model_version=str(version)):
+            return version
+    return CURRENT
+
+
 def _voice(model: str, inputs: dict[str, np.ndarray]):
     if not pb_utils.is_model_ready(model_name=model):
         raise RequestError(f"voice {model.removeprefix('voice_')!r} is not loaded", NOT_FOUND)
     req = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=["AUDIO", "SAMPLE_RATE", "VOICE_VERSION", "FINISH_REASON"],
+        model_name=model, model_version=_version(model),
+        requested_output_names=["AUDIO", "SAMPLE_RATE", "VOICE_VERSION", "FINISH_REASON"],
         inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
     for resp in req.exec(decoupled=True):
         if resp.has_error():
