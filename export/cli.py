@@ -43,10 +43,14 @@ def get_args(argv=None) -> argparse.Namespace:
     inspect.add_argument("graph", type=Path)
 
     from export.client import add_say_parser
+    from export.control import add_control_parser
     from export.server import add_serve_parser
+    from export.swap import add_swap_parsers
 
     add_say_parser(sub)
     add_serve_parser(sub)
+    add_swap_parsers(sub, _add_export_args)  # publish, rollback, canary, promote, versions
+    add_control_parser(sub)
     quick = sub.add_parser("quickstart", help="demo voice -> export -> serve -> a WAV through tritonclient, in one go")
     quick.add_argument("--dir", type=Path, default=Path("quickstart"), help="working folder (demo files, repository, WAV)")
     quick.add_argument("--size", choices=["full", "tiny"], default="full")
@@ -128,6 +132,18 @@ def cmd_quickstart(args) -> int:
 
 COMMANDS = {"demo-voice": cmd_demo_voice, "export": cmd_export, "inspect": cmd_inspect, "say": cmd_say,
             "serve": cmd_serve, "quickstart": cmd_quickstart}
+
+
+def _delegate(module: str, name: str):
+    def run(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+    return run
+
+
+COMMANDS.update({cmd: _delegate("export.swap", f"cmd_{cmd}") for cmd in ("publish", "rollback", "canary", "promote", "versions")})
+COMMANDS["control"] = _delegate("export.control", "cmd_control")
 
 
 def main(argv=None) -> int:
