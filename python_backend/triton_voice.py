@@ -1,8 +1,14 @@
 """Triton adapter of a voice version (``voice_<NAME>/<N>/model.py`` imports this).
 
 Thin: tensors in -> ``SynthesisRequest`` per sentence -> ``VoiceEngine``; chunks out through
-the request's response sender. The load fails (and the version never serves) when the graphs
-do not reproduce the golden sample recorded at export.
+the request's response sender.
+
+Load = validation (``python_backend.validation``): a version that cannot load or fails the
+checks raises from ``initialize``, so Triton fails the load with the reason and the previous
+version keeps serving; when the failure is the version's fault (not e.g. memory) its folder is
+moved to ``REPO/.gsv/quarantine/`` so no later load or restart picks it again. History:
+``validated`` + ``active`` on success, ``failed`` (+ ``quarantined``) on failure, ``released``
+when Triton unloads the version after its in-flight requests finished.
 """
 from __future__ import annotations
 
@@ -13,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from python_backend import golden
+from python_backend import history, validation
 from python_backend.triton_common import ensure_logging
+from python_backend.validation import ValidationError  # noqa: F401  (re-exported)
 from python_backend.voice_engine import RequestError, VoiceEngine
 from python_backend.voice_request import Outgoing, Utterance, sentence_requests, split_sentences
 
@@ -23,10 +30,6 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PARAMS = {"TOP_K": ("top_k", int), "TOP_P": ("top_p", float), "TEMPERATURE": ("temperature", float),
           "REPETITION_PENALTY": ("repetition_penalty", float), "NOISE_SCALE": ("noise_scale", float),
           "SPEED": ("speed", float), "MAX_TOKENS": ("max_tokens", int), "STREAM": ("stream", bool)}
-
-
-class ValidationError(RuntimeError):
-    """The version's graphs disagree with its golden sample: the load fails with this reason."""
 
 
 def _value(request, name):
@@ -39,13 +42,11 @@ def _text(value) -> str:
     return item.decode() if isinstance(item, bytes) else str(item)
 
 
-def validate_version(engine: VoiceEngine) -> dict[str, float]:
-    sample = golden.GoldenSample.load(engine.folder)
-    metrics = golden.measure(engine.gpt, engine.sovits, engine.vocoder, sample)
-    problems = golden.failures(metrics, engine.manifest.tolerances)
-    if problems:
-        raise ValidationError(f"golden sample check failed: {'; '.join(problems)}")
-    return metrics
+def _record(repo: Path, voice: str, version: int, event: str, reason: str = "") -> None:
+    try:
+        history.append(repo, history.Event(voice, version, event, reason=reason))
+    except OSError as exc:  # a full or read-only repository must not fail a load or an unload
+        LOG.warning("[voice] cannot record %s for %s version %d: %s", event, voice, version, exc)
 
 
 class TritonPythonModel:
@@ -54,18 +55,42 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.version = int(args["model_version"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.engine = VoiceEngine(folder)
-        self.sample_rate = int(self.engine.manifest.sample_rate)
+        self.repo = folder.parent.parent
+        self.voice = self.name[len("voice_"):] if self.name.startswith("voice_") else self.name
+        engine = None
         try:
-            metrics = validate_version(self.engine)
-        except Exception:
-            self.engine.close(timeout=5)
+            engine = VoiceEngine(folder)
+            metrics = validation.validate(engine)
+        except Exception as exc:
+            if engine is not None:
+                engine.close(timeout=5)
+            self._refuse(folder, exc)
             raise
+        self.engine = engine
+        self.sample_rate = int(engine.manifest.sample_rate)
         self.lock = threading.Lock()
         self.active: dict[str, Utterance] = {}
         self._metrics()
+        _record(self.repo, self.voice, self.version, "validated",
+                ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
+        _record(self.repo, self.voice, self.version, "active")
         LOG.info("[voice] %s version %d loaded and validated (%s)", self.name, self.version,
                  ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
+
+    def _refuse(self, folder: Path, exc: Exception) -> None:
+        """Record why the load failed; quarantine the folder when the version is at fault."""
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if not validation.is_version_fault(exc):
+            LOG.error("[voice] %s version %d failed to load (not quarantined: host fault): %s", self.name,
+                      self.version, reason)
+            _record(self.repo, self.voice, self.version, "failed", f"{type(exc).__name__}: {reason} (not quarantined)")
+            return
+        try:
+            target = validation.quarantine(folder, reason)
+            LOG.error("[voice] %s version %d refused, quarantined to %s: %s", self.name, self.version, target, reason)
+        except OSError as move_exc:
+            LOG.error("[voice] %s version %d refused (%s); quarantine failed: %s", self.name, self.version, reason,
+                      move_exc)
 
     def _metrics(self) -> None:
         """Triton counts a Python model's error responses as successes, so count outcomes here."""
@@ -157,6 +182,10 @@ class TritonPythonModel:
         sender.send(response, flags=FINAL if out.final else 0)
 
     def finalize(self):
+        engine = getattr(self, "engine", None)
+        if engine is None:  # initialize failed: nothing loaded, nothing to release
+            return
         LOG.info("[voice] %s version %d unloading: draining %d in-flight requests", self.name, self.version,
-                 self.engine.in_flight)
-        self.engine.close()
+                 engine.in_flight)
+        engine.close()
+        _record(self.repo, self.voice, self.version, "released")

@@ -291,6 +291,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _history(repo: Path, event) -> None:
+    try:
+        history.append(repo, event)
+    except OSError as exc:  # a full disk must not keep a bad version in place
+        log.warning("[validation] cannot record %s in the history: %s", event.event, exc)
+
+
 def quarantine(version_dir: Path, reason: str) -> Path:
     """Move a refused version out of its model folder; returns where it went.
 
@@ -312,7 +319,7 @@ def quarantine(version_dir: Path, reason: str) -> Path:
     while target.exists():
         target = root / f"{model_dir.name}.{version}.{_utc_stamp()}-{n}"
         n += 1
-    history.append(repo, history.Event(voice, version, "failed", reason=reason))
+    _history(repo, history.Event(voice, version, "failed", reason=reason))
     try:
         _write_atomic(version_dir / REASON_FILE, f"{reason}\n")
     except OSError as exc:  # read-only or full: the reason is still in the history; move anyway
@@ -320,6 +327,6 @@ def quarantine(version_dir: Path, reason: str) -> Path:
     os.rename(version_dir, target)
     _fsync_dir(model_dir)
     _fsync_dir(root)
-    history.append(repo, history.Event(voice, version, "quarantined", reason=f"moved to {target.relative_to(repo)}: {reason}"))
+    _history(repo, history.Event(voice, version, "quarantined", reason=f"moved to {target.relative_to(repo)}: {reason}"))
     log.warning("[validation] %s version %d quarantined to %s: %s", model_dir.name, version, target, reason)
     return target
