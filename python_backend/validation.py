@@ -180,6 +180,17 @@ def check_files(folder: Path, manifest) -> list[str]:
     return problems
 
 
+def preflight(folder: Path) -> None:
+    """Before any graph is opened: the manifest reads and validates (:class:`ManifestError`)
+    and every file it names is present and unchanged (:class:`ValidationError`)."""
+    from python_backend.manifest import VoiceManifest
+
+    manifest = VoiceManifest.read(folder)
+    problems = check_files(folder, manifest)
+    if problems:
+        raise ValidationError("; ".join(problems))
+
+
 def check_sizes(engine) -> list[str]:
     """The loaded graphs have the architecture the manifest says the version was exported with."""
     sizes, gpt = engine.manifest.sizes, engine.gpt
