@@ -16,8 +16,10 @@ HTTP API (aiohttp):
   ``id: <byte offset after the line>``. ``?replay=1`` (or a ``Last-Event-ID`` header) sends the
   past events first.
 - ``GET /metrics``: Prometheus text. ``gsv_active_version{voice}``, ``gsv_canary_version{voice}``,
-  ``gsv_canary_weight{voice}`` (from the repository), ``gsv_swaps_total{voice}`` (``active`` and
-  ``promoted`` events in the shared history: fleet-wide), ``gsv_failed_validations_total{voice}``
+  ``gsv_canary_weight{voice}`` (from the repository), ``gsv_swaps_total{voice}`` (times the
+  version recorded ``active``/``promoted`` for the voice changed, read from the shared history:
+  fleet-wide, replicas recording the same version count once, the first version is not a swap,
+  a canary going live counts), ``gsv_failed_validations_total{voice}``
   (distinct versions with a ``failed`` or ``quarantined`` event), ``gsv_control_loads_total{voice,
   result}`` (loads this service made), ``gsv_control_redis_connected``; and, when
   ``--triton-metrics`` is given, the ``gsv_voice_in_flight{model,version}`` gauge copied from
@@ -74,6 +76,7 @@ class ControlService:
         self.subscribers: set[asyncio.Queue] = set()
         self.history_offset = 0
         self.swaps: dict[str, int] = {}
+        self.current: dict[str, int] = {}  # the active version per voice, as the history tells it
         self.failed: dict[str, set[int]] = {}
         self.tasks: list[asyncio.Task] = []
 
@@ -186,8 +189,12 @@ class ControlService:
     # ---- history ----
 
     def _count(self, event: history.Event) -> None:
-        if event.event in ("active", "promoted"):
-            self.swaps[event.voice] = self.swaps.get(event.voice, 0) + 1
+        # a swap = the voice's active version changed; several replicas recording the same
+        # version active (each voice model does at its load) count once
+        if event.event in ("active", "promoted") and self.current.get(event.voice) != event.version:
+            if event.voice in self.current:
+                self.swaps[event.voice] = self.swaps.get(event.voice, 0) + 1
+            self.current[event.voice] = event.version
         if event.event in ("failed", "quarantined"):
             self.failed.setdefault(event.voice, set()).add(event.version)
 
@@ -198,7 +205,7 @@ class ControlService:
         except FileNotFoundError:
             return []
         if size < self.history_offset:  # replaced or truncated: start over
-            self.history_offset, self.swaps, self.failed = 0, {}, {}
+            self.history_offset, self.swaps, self.failed, self.current = 0, {}, {}, {}
         if size == self.history_offset:
             return []
         with open(path, "rb") as handle:
@@ -345,14 +352,14 @@ class ControlService:
                     if voice in table:
                         canary.add_metric([voice], table[voice].canary)
                         weight.add_metric([voice], table[voice].weight)
-                swaps = CounterMetricFamily("gsv_swaps", "version swaps of each voice (active and promoted events, all replicas)",
+                swaps = CounterMetricFamily("gsv_swaps", "times the active version of each voice changed (all replicas)",
                                             labels=["voice"])
-                for voice, n in sorted(service.swaps.items()):
-                    swaps.add_metric([voice], n)
+                known = set(layout.voices(service.repo)) | set(service.swaps) | set(service.failed)
                 failed = CounterMetricFamily("gsv_failed_validations", "versions of each voice refused at load",
                                              labels=["voice"])
-                for voice, versions in sorted(service.failed.items()):
-                    failed.add_metric([voice], len(versions))
+                for voice in sorted(known):
+                    swaps.add_metric([voice], service.swaps.get(voice, 0))
+                    failed.add_metric([voice], len(service.failed.get(voice, ())))
                 loads = CounterMetricFamily("gsv_control_loads", "load_model calls made by this control service",
                                             labels=["voice", "result"])
                 for (voice, result), n in sorted(service.loads.items()):

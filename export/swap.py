@@ -15,17 +15,19 @@ releases the old ones after their in-flight requests), then announce ``{voice, v
 origin}`` on the Redis channel ``gsv:swap`` so the other replicas' control services call
 ``load_model`` on their own Triton.
 
-Who writes which history event (``.gsv/history.jsonl``):
+Who writes which history event (``.gsv/history.jsonl``; each event carries the writer's host):
 
 - ``export_voice``: ``staged``;
-- the voice model, inside each Triton's load and unload: ``validated``, ``failed``,
-  ``quarantined``, ``released`` (per replica, with the replica's host in the event);
-- this module, once per fleet-wide decision (on the replica that made it, never on replicas
-  that only follow a Redis message): ``active`` (a publish succeeded, or the version a rollback
-  went back to), ``failed`` (a refused publish, only when the voice model left no
-  ``failed``/``quarantined`` event with a reason for it), ``quarantined`` (only when the refused
-  folder was still in place and this module moved it), ``rolled_back`` (each version a
-  rollback retired), ``canary`` and ``promoted``.
+- the voice model, inside each Triton's load and unload (so once per replica): ``validated`` and
+  ``active`` when a load succeeded, ``failed`` + ``quarantined`` when it refused a version (the
+  folder moved by ``validation.quarantine``), ``released`` when Triton unloads a version;
+- this module, once per fleet-wide decision, on the replica that made it (replicas that only
+  follow a Redis message write nothing): ``rolled_back`` (each version a rollback retired, with
+  the reason), ``canary``, ``promoted``; ``active`` only when no voice model recorded it during
+  this command's load (a rollback to a version that was already loaded); ``failed`` /
+  ``quarantined`` only when a refused version was still in place after its load (a failure the
+  voice model did not judge the version's fault, or a crash before its ``initialize``): publish
+  quarantines it too, so the repository never names a version that failed as the one to serve.
 """
 from __future__ import annotations
 
@@ -54,6 +56,13 @@ class SwapError(ExportError):
 
 class Refused(SwapError):
     """The version failed its load (validation): it was quarantined and the old version serves."""
+
+
+class TritonUnavailable(SwapError):
+    """Triton did not answer (down, unreachable, timed out): nothing was judged about the version."""
+
+
+_UNANSWERED = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 
 
 def origin_id() -> str:
@@ -123,9 +132,10 @@ def retire(repo: Path, voice: str, version: int) -> Path:
 
 
 def quarantine(repo: Path, voice: str, version: int, reason: str) -> Path:
-    dst = _park(repo, voice, version, layout.quarantine_root(repo))
-    (dst / "QUARANTINE_REASON.txt").write_text(reason + "\n", encoding="utf-8")
-    return dst
+    """Move a refused version to ``.gsv/quarantine/`` with its reason; records failed + quarantined."""
+    from python_backend import validation
+
+    return validation.quarantine(layout.voice_dir(repo, voice) / str(version), reason)
 
 
 def write_policy(repo: Path, voice: str, specific: tuple[int, ...] | None = None) -> None:
@@ -163,9 +173,24 @@ def load_voice(url: str, voice: str, timeout: float = LOAD_TIMEOUT) -> None:
     try:
         client.load_model(layout.voice_model(voice), client_timeout=timeout)
     except InferenceServerException as exc:
-        raise SwapError(exc.message() if hasattr(exc, "message") and exc.message() else str(exc)) from None
+        message = exc.message() if exc.message() else str(exc)
+        if any(code in str(exc.status() or "") for code in _UNANSWERED):
+            raise TritonUnavailable(f"Triton at {url} did not answer the load of voice {voice}: {message}") from None
+        raise SwapError(message) from None
     finally:
         client.close()
+
+
+def require_live(url: str) -> None:
+    client = _client(url)
+    try:
+        live = bool(client.is_server_live(client_timeout=10))
+    except Exception as exc:  # noqa: BLE001 - any transport failure: not reachable
+        raise TritonUnavailable(f"Triton at {url} is not reachable over gRPC: {exc}") from None
+    finally:
+        client.close()
+    if not live:
+        raise TritonUnavailable(f"Triton at {url} is not live")
 
 
 def model_states(url: str, voice: str | None = None) -> dict[str, dict[int, tuple[str, str]]]:
@@ -237,18 +262,32 @@ class Outcome:
                 "announced": self.announced, "retired": self.retired}
 
 
+def _recorded(repo: Path, voice: str, version: int, events: tuple[str, ...], since: float,
+              with_reason: bool = False) -> bool:
+    """Whether someone (the voice model, on this load) already recorded one of ``events``."""
+    return any(e.version == version and e.event in events and e.time >= since - 1 and (e.reason or not with_reason)
+               for e in history.read(repo, voice))
+
+
 def _refused(repo: Path, voice: str, version: int, reason: str, since: float) -> Refused:
     """Record a refused load (without repeating what the voice model recorded) and park the folder."""
     folder = layout.voice_dir(repo, voice) / str(version)
-    if folder.is_dir():  # the voice model did not move it: do it, so no replica ever loads it
+    if folder.is_dir():
+        # The voice model quarantines versions at fault; one still in place failed for another
+        # reason (host fault, a crash before initialize). It is the highest folder, so any replica
+        # would load it next: take it out too, so the repository keeps saying the old version.
         quarantine(repo, voice, version, reason)
-        history.append(repo, history.Event(voice, version, "quarantined", reason=reason))
-    recorded = [e for e in history.read(repo, voice) if e.version == version and e.time >= since - 1
-                and e.event in ("failed", "quarantined") and e.reason]
-    if not recorded:
+    elif not _recorded(repo, voice, version, ("failed", "quarantined"), since, with_reason=True):
         history.append(repo, history.Event(voice, version, "failed", reason=reason))
     return Refused(f"voice {voice} version {version} was refused and quarantined; the previous version keeps "
                    f"serving. Reason: {reason}")
+
+
+def _record_active(repo: Path, voice: str, version: int, since: float, reason: str = "") -> None:
+    """``active`` once per decision: the voice model records it when this load loaded the version."""
+    if reason or not _recorded(repo, voice, version, ("active",), since):
+        history.append(repo, history.Event(voice, version, "active", reason=reason,
+                                           label=manifest_label(layout.voice_dir(repo, voice) / str(version))))
 
 
 def activate(repo: Path, voice: str, version: int, url: str, redis_url: str | None = None,
@@ -268,11 +307,14 @@ def activate(repo: Path, voice: str, version: int, url: str, redis_url: str | No
     since = time.time()
     try:
         load_voice(url, voice)
+    except TritonUnavailable as exc:
+        raise SwapError(f"{exc}; voice {voice} version {version} stays in the repository unjudged: retry with "
+                        f"POST /publish on a control service (replicas also load it at their next check)") from None
     except SwapError as exc:
         raise _refused(repo, voice, version, str(exc), since) from None
     if not is_ready(url, voice, version):
         raise SwapError(f"voice {voice} version {version} loaded but is not ready on {url}")
-    history.append(repo, history.Event(voice, version, "active", label=manifest_label(layout.voice_dir(repo, voice) / str(version))))
+    _record_active(repo, voice, version, since)
     return Outcome(voice, version, "publish", announced=announce(redis_url, voice, version, "publish", origin))
 
 
@@ -281,6 +323,7 @@ def publish(opts, url: str, redis_url: str | None = None, origin: str | None = N
     from export.voice_export import export_voice  # torch: only for the export step
 
     layout.check_voice_name(opts.voice)
+    require_live(url)  # before minutes of export
     if opts.voice in read_table(opts.repo):
         raise SwapError(f"voice {opts.voice} has a canary running; promote it or roll it back before publishing")
     if opts.version is None:
@@ -316,12 +359,12 @@ def rollback(repo: Path, voice: str, url: str, to: int | None = None, redis_url:
         retire(repo, voice, version)
         history.append(repo, history.Event(voice, version, "rolled_back", reason=why))
     write_policy(repo, voice)
+    since = time.time()
     try:
         load_voice(url, voice)
     finally:
         set_route(repo, voice, None)
-    history.append(repo, history.Event(voice, to, "active", reason=why,
-                                       label=manifest_label(layout.voice_dir(repo, voice) / str(to))))
+    _record_active(repo, voice, to, since)
     out = Outcome(voice, to, "rollback", detail=why, retired=newer)
     out.announced = announce(redis_url, voice, to, "rollback", origin)
     return out
@@ -355,6 +398,9 @@ def canary(repo: Path, voice: str, version: int, weight: float, url: str, redis_
         load_voice(url, voice)
     except SwapError as exc:
         set_route(repo, voice, None)
+        if isinstance(exc, TritonUnavailable):
+            write_policy(repo, voice)
+            raise
         refusal = _refused(repo, voice, version, str(exc), since)
         write_policy(repo, voice)
         try:
@@ -435,7 +481,8 @@ def version_rows(repo: Path, voice: str) -> list[VersionRow]:
         row.staged_at = staged[0] if staged else None
         if mine:
             row.last_event, row.last_at = mine[-1].event, mine[-1].time
-        row.reason = next((e.reason for e in reversed(mine) if e.reason), "")
+        # why it is in its state: the last decision or failure (validation metrics are not reasons)
+        row.reason = next((e.reason for e in reversed(mine) if e.reason and e.event != "validated"), "")
         rows.append(row)
     return rows
 
