@@ -48,6 +48,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from python_backend.routing import read_table
 from export import swap
 
 LOG = logging.getLogger("gsv.control")
+GRACE = 120.0  # seconds a new, undecided version folder is left to its publisher
 
 
 class ControlService:
@@ -124,12 +126,32 @@ class ControlService:
             ready = sorted(v for v, (s, _) in states.get(layout.voice_model(voice), {}).items() if s == "READY")
             if ready == want or self.failed_targets.get(voice) == stamp:
                 continue
+            if ready and not self._decided(voice, want):
+                continue  # a version still being published elsewhere: its publisher loads it first
             if await self.load(voice, f"{why}: ready {ready}, repository says {want}"):
                 self.failed_targets.pop(voice, None)
                 loaded.append(voice)
             else:
                 self.failed_targets[voice] = stamp
         return loaded
+
+    def _decided(self, voice: str, want: list[int]) -> bool:
+        """Whether the versions the repository names were decided (published, promoted, rolled back
+        to, put under canary: some replica recorded it) or have sat there longer than ``GRACE``
+        seconds. A version folder that just appeared is being published by someone else, whose
+        own load (and validation, and quarantine if refused) must come first: loading it here at
+        the same time would run a refused version's load twice, or reload a fresh instance."""
+        decided = {e.version for e in history.read(self.repo, voice)
+                   if e.event in ("active", "promoted", "canary", "rolled_back")}
+        for version in want:
+            folder = layout.voice_dir(self.repo, voice) / str(version)
+            try:
+                young = time.time() - folder.stat().st_ctime < GRACE  # ctime: when it was renamed in
+            except OSError:
+                young = False
+            if version not in decided and young:
+                return False
+        return True
 
     async def _converge_loop(self) -> None:
         while True:
@@ -184,7 +206,24 @@ class ControlService:
             return
         LOG.info("[control] %s of voice %s version %s announced by %s", msg.get("action"), voice, msg.get("version"),
                  msg.get("origin"))
-        asyncio.create_task(self.load(voice, f"{msg.get('action')} by {msg.get('origin')}"))
+        asyncio.create_task(self._follow(voice, f"{msg.get('action')} by {msg.get('origin')}"))
+
+    async def _follow(self, voice: str, why: str) -> None:
+        """Load the voice unless this Triton already has exactly what the repository says (a
+        load_model of an unchanged model is not free: Triton may re-instantiate it)."""
+        try:
+            want = swap.served_versions(self.repo, voice)
+            ready = await asyncio.to_thread(swap.ready_versions, self.triton, voice)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: load
+            LOG.warning("[control] voice %s: cannot compare versions (%s); loading", voice, exc)
+            want, ready = [1], []
+        if want and ready == want:
+            LOG.info("[control] voice %s already serves %s (%s)", voice, want, why)
+            return
+        async with self._lock(voice):
+            if await asyncio.to_thread(swap.ready_versions, self.triton, voice) == want:
+                return
+        await self.load(voice, why)
 
     # ---- history ----
 
