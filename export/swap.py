@@ -355,19 +355,36 @@ def rollback(repo: Path, voice: str, url: str, to: int | None = None, redis_url:
     if route is not None and to in (route.active, route.canary):
         set_route(repo, voice, Route(to, to, 0.0))  # pin new requests on a loaded version while we swap
     why = f"rolled back to version {to}" + (f": {reason}" if reason else "")
-    for version in reversed(newer):
-        retire(repo, voice, version)
-        history.append(repo, history.Event(voice, version, "rolled_back", reason=why))
-    write_policy(repo, voice)
+    # Pin `to` first and let Triton release the newer versions while their folders are still in
+    # place (their in-flight requests finish there); only then move the folders out and restore
+    # the `latest` policy. Moving a serving version's folder before its unload was followed by a
+    # hung response send in tritonserver 2.51 under load.
+    write_policy(repo, voice, specific=(to,))
     since = time.time()
     try:
         load_voice(url, voice)
     finally:
         set_route(repo, voice, None)
+    _wait_released(url, voice, newer)
+    for version in reversed(newer):
+        retire(repo, voice, version)
+        history.append(repo, history.Event(voice, version, "rolled_back", reason=why))
+    write_policy(repo, voice)
     _record_active(repo, voice, to, since)
     out = Outcome(voice, to, "rollback", detail=why, retired=newer)
     out.announced = announce(redis_url, voice, to, "rollback", origin)
     return out
+
+
+def _wait_released(url: str, voice: str, versions: list[int], timeout: float = LOAD_TIMEOUT) -> None:
+    """Wait until Triton has released ``versions`` (their in-flight requests are done)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = model_states(url, voice).get(layout.voice_model(voice), {})
+        if all(states.get(v, ("UNAVAILABLE", ""))[0] == "UNAVAILABLE" for v in versions):
+            return
+        time.sleep(0.2)
+    raise SwapError(f"voice {voice}: versions {versions} were not released within {timeout:.0f} s")
 
 
 def canary(repo: Path, voice: str, version: int, weight: float, url: str, redis_url: str | None = None,
