@@ -32,6 +32,7 @@ Who writes which history event (``.gsv/history.jsonl``; each event carries the w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -328,8 +329,32 @@ def publish(opts, url: str, redis_url: str | None = None, origin: str | None = N
         raise SwapError(f"voice {opts.voice} has a canary running; promote it or roll it back before publishing")
     if opts.version is None:
         opts.version = next_free_version(opts.repo, opts.voice)
-    target = export_voice(opts)
+    with _background_priority():
+        target = export_voice(opts)
     return activate(opts.repo, opts.voice, int(target.name), url, redis_url, origin)
+
+
+@contextlib.contextmanager
+def _background_priority(threads: int = 1):
+    """Export beside a serving Triton without starving it: lowest CPU priority, one torch thread.
+
+    With torch on every core, Triton's Python stubs missed their health checks on a 2-core
+    machine and were restarted mid-request ("Stub process is not healthy").
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)  # lowering the value back needs privileges
+        except PermissionError:
+            pass
 
 
 def rollback(repo: Path, voice: str, url: str, to: int | None = None, redis_url: str | None = None,

@@ -236,12 +236,8 @@ def test_health_endpoints(replicas):
 
 
 def test_publish_switches_new_requests_with_no_failed_request(world, replicas, redis_url, monkeypatch):
-    """The clients start once the export (torch, both cores) is done, so what runs under their
-    load is the swap itself: load + validation in Triton, the switch, the release of v1. (With
-    the export too, the tts stub was intermittently reported unhealthy on 2 cores; see the
-    control-plane report.)"""
-    import export.voice_export as voice_export
-
+    """4 clients run through the whole publish: export (at background priority), load and
+    validation in Triton, the switch, the release of v1."""
     r1, r2 = replicas
     sse = SSE(r1)
     stop, failures, seen = threading.Event(), [], []
@@ -256,16 +252,8 @@ def test_publish_switches_new_requests_with_no_failed_request(world, replicas, r
                 failures.append(repr(exc))
 
     pool = ThreadPoolExecutor(4)
-    workers = []
-    real_export = voice_export.export_voice
-
-    def export_then_load(opts):
-        target = real_export(opts)
-        workers.extend(pool.submit(client) for _ in range(4))
-        time.sleep(2)  # requests in flight on v1 when the load starts
-        return target
-
-    monkeypatch.setattr(voice_export, "export_voice", export_then_load)
+    workers = [pool.submit(client) for _ in range(4)]
+    time.sleep(2)  # requests in flight on v1 before the publish starts
     try:
         code = cli.main(["publish", *export_args(world["src"], world["repo"]), "--label", "second",
                          "--url", r1.grpc, "--redis", redis_url])
