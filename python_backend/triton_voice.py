@@ -13,6 +13,7 @@ when Triton unloads the version after its in-flight requests finished.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -60,7 +61,13 @@ class TritonPythonModel:
         engine = None
         try:
             validation.preflight(folder)  # manifest readable, graph files whole (hashes), before onnxruntime opens them
-            engine = VoiceEngine(folder)
+            # benchmark switch (bench/): every request runs to its token budget, EOS never ends it
+            ignore_eos = os.environ.get("GSV_BENCH_IGNORE_EOS", "") == "1"
+            if ignore_eos:
+                LOG.warning("[voice] %s version %d: GSV_BENCH_IGNORE_EOS=1 -> BENCHMARK MODE, EOS is ignored and "
+                            "every sentence runs to its token budget (never use this in production)",
+                            self.name, self.version)
+            engine = VoiceEngine(folder, ignore_eos=ignore_eos)
             metrics = validation.validate(engine, verify_hashes=False)
         except Exception as exc:
             if engine is not None:

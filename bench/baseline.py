@@ -1,0 +1,103 @@
+"""The baseline: this project's torch modules run eagerly, the way upstream GPT-SoVITS inference runs.
+
+Batch 1, one request at a time, float32: ``GPT.from_checkpoint(read_gpt(...))`` prefill + a
+step loop with the numpy sampler (``python_backend.sampling``), then
+``build_sovits(read_sovits(...)).decode(...)``. EOS is masked at every step and generation
+stops at the token budget, the same budget the Triton side gets (``MAX_TOKENS``).
+
+Run in its own process (``python -m bench.baseline SPEC.json OUT.json``) so its peak RSS is its own.
+The text front end is the server's (phones); BERT features are zeros (the baseline does not
+run BERT, which the Triton side does for Chinese: that favours the baseline).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def run(spec: dict) -> dict:
+    import torch
+
+    from export.checkpoints import read_gpt, read_sovits
+    from export.gpt_model import GPT
+    from export.sovits_model import build_sovits
+    from python_backend import sampling
+    from python_backend.text.frontend import text_to_phones, zero_bert
+    from python_backend.voice_engine import token_budget
+
+    torch.set_grad_enabled(False)
+    t0 = time.perf_counter()
+    gpt = GPT.from_checkpoint(read_gpt(spec["gpt"])).eval()
+    sovits = build_sovits(read_sovits(spec["sovits"])).eval()
+    load_s = time.perf_counter() - t0
+    with np.load(Path(spec["version_dir"]) / "reference.npz") as ref:
+        ref_phones, ref_bert, prompts, spec_ref = ref["phones"], ref["bert"], ref["prompts"], ref["spec"]
+    eos = int(gpt.cfg.eos)
+    sr = int(sovits.cfg.sample_rate)
+    refer_spec = torch.from_numpy(np.asarray(spec_ref, np.float32))
+    if refer_spec.dim() == 2:
+        refer_spec = refer_spec[None]
+    prompts_t = torch.from_numpy(np.asarray(prompts, np.int64).reshape(1, -1))
+    n_prompt = prompts_t.shape[1]
+
+    def synth(text: str, seed: int) -> dict:
+        start = time.perf_counter()
+        seq = text_to_phones(text)
+        phones = np.asarray(seq.phone_ids, np.int64)
+        bert = zero_bert(seq)
+        budget = token_budget(len(phones), spec["tokens"])
+        all_phones = torch.from_numpy(np.concatenate([ref_phones, phones])[None])
+        all_bert = torch.from_numpy(np.concatenate([ref_bert, bert], axis=1)[None].astype(np.float32))
+        rng = np.random.default_rng(seed)
+        history = np.empty(n_prompt + budget, np.int64)
+        history[:n_prompt] = prompts_t[0].numpy()
+        t_gpt = time.perf_counter()
+        logits, k, v = gpt.prefill(all_phones, all_bert, prompts_t)
+        prefill_s = time.perf_counter() - t_gpt
+        generated = 0
+        while True:
+            masked = sampling.mask_eos(logits.numpy(), generated, eos, budget + 1)  # EOS never wins
+            tokens, _ = sampling.sample(masked, [history[: n_prompt + generated]], top_k=spec["top_k"],
+                                        top_p=1.0, temperature=1.0, repetition_penalty=1.35, rng=rng)
+            history[n_prompt + generated] = tokens[0]
+            generated += 1
+            if generated >= budget:
+                break
+            mask = torch.ones(1, k.shape[2] + 1)
+            logits, k, v = gpt.step(torch.from_numpy(tokens.reshape(1, 1)), torch.tensor([n_prompt + generated - 1]),
+                                    k, v, mask)
+        gpt_s = time.perf_counter() - t_gpt
+        t_sov = time.perf_counter()
+        codes = torch.from_numpy(history[n_prompt: n_prompt + generated].copy()[None])
+        wav = sovits.decode(codes, torch.from_numpy(phones[None]), refer_spec)
+        sovits_s = time.perf_counter() - t_sov
+        total = time.perf_counter() - start
+        audio_s = wav.numel() / sr
+        return {"text": text, "tokens": generated, "compute_s": total, "audio_s": audio_s, "gpt_s": gpt_s,
+                "prefill_s": prefill_s, "sovits_s": sovits_s, "rtf": total / audio_s,
+                "tokens_per_s": generated / gpt_s, "sovits_rtf": sovits_s / audio_s}
+
+    synth(spec["texts"][0], 0)  # warm-up (first-call allocations), not counted
+    rows = []
+    for rep in range(spec.get("repeats", 1)):
+        for i, text in enumerate(spec["texts"]):
+            rows.append(synth(text, 1000 * rep + i))
+    rusage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"load_s": load_s, "rows": rows, "peak_rss_mb": rusage.ru_maxrss / 1024, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    Path(argv[1]).write_text(json.dumps(run(spec), ensure_ascii=False, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

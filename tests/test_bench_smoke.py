@@ -1,0 +1,50 @@
+"""SMOKE TEST of the benchmark harness (bench/run.py): tiny voice, a handful of requests.
+
+It checks that ``python -m bench.run`` runs end to end (baseline, tritonserver, concurrency
+sweep, perf_analyzer, hot swap, profile) and writes its outputs with the documented keys.
+It asserts nothing about speed: timings on a tiny random-weight voice mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("tritonclient")
+pytest.importorskip("matplotlib")
+
+from export.server import ServerError, find_tritonserver  # noqa: E402
+
+try:
+    find_tritonserver()
+except ServerError as exc:  # pragma: no cover - depends on the host
+    pytest.skip(f"no tritonserver: {exc}", allow_module_level=True)
+
+pytestmark = pytest.mark.integration  # a smoke test: it runs a real tritonserver, checks outputs, never timings
+
+
+def test_bench_smoke_end_to_end(tmp_path, monkeypatch):
+    from bench import run
+
+    monkeypatch.delenv("GSV_BENCH_IGNORE_EOS", raising=False)
+    out = tmp_path / "results"
+    code = run.main(["--size", "tiny", "--out", str(out), "--cache", str(run.HERE / ".cache" / "tiny"),
+                     "--tokens", "20", "--concurrency", "1,2", "--per-client", "1", "--int8-concurrency", "1",
+                     "--pa-concurrency", "1:2:1", "--pa-requests", "2", "--swap-concurrency", "2"])
+    assert code == 0
+    res = json.loads((out / "latest.json").read_text())
+    for key in ("single_stream_rtf", "baseline_single_stream_rtf", "throughput_c8", "baseline_throughput_c8",
+                "swap_p99_ratio", "machine", "baseline", "triton", "swap", "perf_analyzer", "profile", "targets"):
+        assert key in res, key
+    assert set(res["machine"]) >= {"cores", "cpu_model", "gpu"} and res["machine"]["gpu"] == "none"
+    assert [c["concurrency"] for c in res["triton"]["fp32"]["concurrency"]] == [1, 2]
+    assert all(c["errors"] == 0 for c in res["triton"]["fp32"]["concurrency"])
+    assert res["swap"]["error"] is None and res["swap"]["swap_window"]["errors"] == 0
+    assert res["swap"]["new_version"] in res["swap"]["swap_window"]["versions_served"]
+    assert res["perf_analyzer"].get("returncode") == 0, res["perf_analyzer"].get("stderr_tail") or res["perf_analyzer"]
+    assert res["perf_analyzer"]["summary"]
+    assert any("BENCHMARK MODE" in line for line in res["server_log_voice_lines"])
+    for name in ("latest.md", "README_perf.md", "latency_vs_concurrency.png", "throughput_vs_concurrency.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    shutil.rmtree(out)
