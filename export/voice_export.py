@@ -36,6 +36,7 @@ from python_backend.manifest import GraphEntry, Reference, SourceFile, VoiceMani
 from python_backend.model_config import voice_model_spec
 from python_backend.onnx_stage import OnnxStage
 from python_backend.spectrogram import reference_spectrogram
+from python_backend.validation import check_audio
 from python_backend.text.frontend import CharTokenizer, TextError, bert_features_per_phone, text_to_phones
 
 EXPORTER_VERSION = "0.1.0"
@@ -200,6 +201,10 @@ def export_voice(opts: ExportOptions) -> Path:
     bar.set_description("reference data")
     ref = reference_data(opts, sovits, shared, sovits.cfg.is_pro)
     sample = _torch_golden(gpt, sovits, ref)
+    # the same audio checks the load runs: refuse a voice that cannot speak before writing anything
+    problems = check_audio(sample.wav, sovits.cfg.sample_rate, None)
+    if problems:
+        raise InputError(f"the checkpoints' own audio fails the checks the server would apply: {'; '.join(problems)}")
     bar.update(1)
     with StagedVersion(opts.repo, opts.voice, opts.version) as staged:
         bar.set_description("export graphs")

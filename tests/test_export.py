@@ -231,3 +231,22 @@ def test_killed_export_leaves_no_partial_version(tiny_voice, tmp_path):
     assert cli.main(export_args(tiny_voice, repo, aux=False)) == 0
     assert layout.version_numbers(repo / "voice_demo") == [1, 2]
     assert not list(staging.iterdir())
+
+
+def test_export_refuses_checkpoints_that_make_silence(tiny_voice, tmp_path, capsys):
+    """A SoVITS whose vocoder outputs zeros: its own torch audio fails the server's checks."""
+    import shutil
+
+    silent = tmp_path / "silent"
+    shutil.copytree(tiny_voice, silent, ignore=shutil.ignore_patterns("chinese-*"))
+    cfg = demo.s2_config("v2", "tiny")
+    state = demo.random_state(demo.s2_layout(cfg["model"]), 4)
+    state["dec.conv_post.weight"].zero_()
+    demo._save_s2({"weight": state, "config": cfg, "info": "silent"}, silent / "sovits.pth", demo.S2_HEADERS["v2"])
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = export_args(silent, repo, aux=False)
+    args += ["--hubert", str(tiny_voice / "chinese-hubert-base"), "--bert", str(tiny_voice / "chinese-roberta-wwm-ext-large")]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and "silent" in err and len(err.splitlines()) == 1
+    assert not (repo / "voice_demo").exists()
