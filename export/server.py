@@ -173,6 +173,16 @@ def repository_models(repo: Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
 
 
+# Python backend settings for a busy CPU host: a stub that the OS does not schedule for a while
+# (a 2-core machine exporting beside the server) must not be declared unhealthy and restarted
+# mid-request, and a larger shared-memory region saves growing it under concurrent requests.
+PYTHON_BACKEND_CONFIG = (
+    "--backend-config=python,stub-timeout-seconds=120",
+    "--backend-config=python,shm-default-byte-size=16777216",
+    "--backend-config=python,shm-growth-byte-size=16777216",
+)
+
+
 def static_repository() -> Path:
     """The project's own models (``tts``, ``tts_stream``), served beside the user's repository."""
     folder = Path(__file__).resolve().parent.parent / "model_repository"
@@ -214,6 +224,7 @@ def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, met
             f"--grpc-address={host}", f"--grpc-port={grpc_port}",
             f"--metrics-address={host}", f"--metrics-port={metrics_port}",
             *[f"--load-model={n}" for n in names],
+            *PYTHON_BACKEND_CONFIG,
             *[str(a) for a in extra_args]]
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(_python_bin_dir(cache_dir)), env.get("PATH", "")]).rstrip(os.pathsep)
@@ -416,7 +427,7 @@ def official_container_command(repo: Path, project: Path | None = None, models: 
     inner = (f"cp -r /opt/gsv-triton-src /tmp/gsv-triton && pip install --no-cache-dir {CONTAINER_PIP} && "
              f"pip install --no-cache-dir --no-deps /tmp/gsv-triton && "
              f"exec tritonserver --model-repository=/models --model-repository=/opt/gsv-triton-src/model_repository "
-             f"--model-control-mode=explicit {loads}").rstrip()
+             f"--model-control-mode=explicit {' '.join(PYTHON_BACKEND_CONFIG)} {loads}").rstrip()
     # Inside the container Triton must listen on 0.0.0.0 for the port mapping; publish the ports
     # on the host's loopback only, like `gsv-triton serve` (drop "127.0.0.1:" to expose them).
     return (f"docker run --rm --gpus all --shm-size=1g -e GSV_REPO=/models "

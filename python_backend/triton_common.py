@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -20,3 +21,35 @@ def ensure_logging() -> None:
 
 def error_response(message: str, code) -> "pb_utils.InferenceResponse":
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+# Calls that message Triton from a stub (send, BLS exec, is_cancelled, is_model_ready, custom
+# metrics) are serialized: on 2.51, unlocked metric updates from two stub threads segfaulted
+# tritonserver, and BLS results in the many-threaded tts stub came back corrupted under load.
+# Waiting for BLS responses (iterating) is not a call to Triton and stays outside the lock.
+STUB_IPC = threading.RLock()
+
+
+def send(sender, response=None, flags: int = 0) -> None:
+    with STUB_IPC:
+        if response is None:
+            sender.send(flags=flags)
+        else:
+            sender.send(response, flags=flags)
+
+
+def is_cancelled(request) -> bool:
+    with STUB_IPC:
+        return request.is_cancelled()
+
+
+def model_ready(name: str, version: int | None = None) -> bool:
+    with STUB_IPC:
+        if version is None:
+            return pb_utils.is_model_ready(model_name=name)
+        return pb_utils.is_model_ready(model_name=name, model_version=str(version))
+
+
+def bls_exec(request, decoupled: bool = False):
+    with STUB_IPC:
+        return request.exec(decoupled=decoupled)

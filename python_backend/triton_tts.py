@@ -18,7 +18,7 @@ from python_backend.layout import BERT_MODEL
 from python_backend.model_config import TTS_INPUTS
 from python_backend.routing import CURRENT, RoutingTable
 from python_backend.text.frontend import warmup
-from python_backend.triton_common import ensure_logging
+from python_backend.triton_common import bls_exec, ensure_logging, is_cancelled, model_ready, send
 from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, parse
 
 LOG = logging.getLogger("gsv.tts")
@@ -43,7 +43,7 @@ def _inputs(request) -> dict[str, np.ndarray | None]:
 def _bert(text: str) -> np.ndarray:
     req = pb_utils.InferenceRequest(model_name=BERT_MODEL, requested_output_names=["HIDDEN"],
                                     inputs=[pb_utils.Tensor("TEXT", np.array([text.encode()], dtype=object))])
-    resp = req.exec()
+    resp = bls_exec(req)
     if resp.has_error():
         raise VoiceError(f"BERT failed: {resp.error().message()}", pb_utils.TritonError.INTERNAL)
     return pb_utils.get_output_tensor_by_name(resp, "HIDDEN").as_numpy()
@@ -74,20 +74,19 @@ def _version(model: str) -> int:
     if error:
         LOG.warning("[tts] routing.json ignored until it changes: %s", error)
     for version in (chosen, other):
-        if version is not None and version != CURRENT and pb_utils.is_model_ready(model_name=model,
-                                                                                  model_version=str(version)):
+        if version is not None and version != CURRENT and model_ready(model, version):
             return version
     return CURRENT
 
 
 def _voice(model: str, inputs: dict[str, np.ndarray]):
-    if not pb_utils.is_model_ready(model_name=model):
+    if not model_ready(model):
         raise RequestError(f"voice {model.removeprefix('voice_')!r} is not loaded", NOT_FOUND)
     req = pb_utils.InferenceRequest(
         model_name=model, model_version=_version(model),
         requested_output_names=["AUDIO", "SAMPLE_RATE", "VOICE_VERSION", "FINISH_REASON"],
         inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
-    for resp in req.exec(decoupled=True):
+    for resp in bls_exec(req, decoupled=True):
         if resp.has_error():
             err = resp.error()
             raise VoiceError(err.message(), err.code() if hasattr(err, "code") else pb_utils.TritonError.INTERNAL)
@@ -102,7 +101,7 @@ def _cancel(model: str, version: int, request_id: str) -> None:
         model_name=model, model_version=version, requested_output_names=["AUDIO"],
         inputs=[pb_utils.Tensor("PHONES", np.zeros(1, np.int64)), pb_utils.Tensor("BERT", np.zeros((1024, 1), np.float32)),
                 pb_utils.Tensor("CANCEL", np.array([request_id.encode()], dtype=object))])
-    for _ in req.exec(decoupled=True):
+    for _ in bls_exec(req, decoupled=True):
         pass
 
 
@@ -150,7 +149,7 @@ class _BLS:
         try:
             self._serve(request, sender, inputs)
         except Exception as exc:  # exactly one final response per request, errors included
-            sender.send(pb_utils.InferenceResponse(error=_error(exc)), flags=FINAL)
+            send(sender, pb_utils.InferenceResponse(error=_error(exc)), flags=FINAL)
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -175,7 +174,7 @@ class TTSModel(_BLS):
         req = parse(inputs)
         chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=False, max_tokens=self._max_tokens(inputs))
         utt = tts_pipeline.collect(chunks)
-        sender.send(_outputs(utt.joined(), utt.sample_rate, utt.version, ",".join(utt.finish_reasons)), flags=FINAL)
+        send(sender, _outputs(utt.joined(), utt.sample_rate, utt.version, ",".join(utt.finish_reasons)), flags=FINAL)
 
 
 class TTSStreamModel(_BLS):
@@ -191,18 +190,18 @@ class TTSStreamModel(_BLS):
         chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=True, max_tokens=self._max_tokens(inputs), request_id=rid)
         version, rate, reasons = -1, 0, []
         for chunk in chunks:
-            if request.is_cancelled():
+            if is_cancelled(request):
                 _cancel(f"voice_{req.voice}", chunk.version, rid)
                 LOG.info("[tts] stream %s cancelled by the client; voice slot released", rid)
-                sender.send(flags=FINAL)
+                send(sender, flags=FINAL)
                 return
             version, rate = chunk.version, chunk.sample_rate
             if chunk.finish_reason:
                 reasons.append(chunk.finish_reason)
             if chunk.audio.size:
-                sender.send(_outputs(chunk.audio, rate, version, chunk.finish_reason, final=False))
+                send(sender, _outputs(chunk.audio, rate, version, chunk.finish_reason, final=False))
         # the closing response carries no audio: every chunk went out the moment it was ready
-        sender.send(_outputs(np.zeros(0, np.float32), rate, version, ",".join(reasons), final=True), flags=FINAL)
+        send(sender, _outputs(np.zeros(0, np.float32), rate, version, ",".join(reasons), final=True), flags=FINAL)
 
 
 TritonPythonModel = TTSModel

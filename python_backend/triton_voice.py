@@ -21,7 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend import history, validation
-from python_backend.triton_common import ensure_logging
+from python_backend.triton_common import STUB_IPC, ensure_logging, is_cancelled, send
 from python_backend.validation import ValidationError  # noqa: F401  (re-exported)
 from python_backend.voice_engine import RequestError, VoiceEngine
 from python_backend.voice_request import Outgoing, Utterance, sentence_requests, split_sentences
@@ -82,7 +82,7 @@ class TritonPythonModel:
         # (execute and the engine's sender) crashed tritonserver 2.51 (SIGSEGV in libtriton_python)
         # when another version of the model was loading - 2 of 2 stress runs at the first load;
         # serialized: 0 crashes in 16 loads under 4 client threads
-        self.metric_lock = threading.Lock()
+        self.metric_lock = STUB_IPC
         self._metrics()
         _record(self.repo, self.voice, self.version, "validated",
                 ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
@@ -132,11 +132,11 @@ class TritonPythonModel:
             try:
                 self._start(request, sender)
             except RequestError as exc:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)),
-                            flags=FINAL)
+                send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)),
+                     flags=FINAL)
             except Exception as exc:  # never raise out of the batch loop: one bad request fails alone
                 LOG.exception("[voice] request failed")
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     f"voice request failed: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)), flags=FINAL)
         return None
 
@@ -147,7 +147,7 @@ class TritonPythonModel:
                 target = self.active.get(_text(cancel))
             if target is not None:
                 target.cancel()
-            sender.send(flags=FINAL)
+            send(sender, flags=FINAL)
             return
         parts = split_sentences(_value(request, "PHONES"), _value(request, "BERT"), _value(request, "SENTENCE_PHONES"))
         params = {}
@@ -174,7 +174,7 @@ class TritonPythonModel:
         utterance.handles = [self.engine.submit(req, utterance.emit_for(i)) for i, req in enumerate(engine_requests)]
 
     def _send(self, sender, request, utterance: Utterance, rid: str | None, out: Outgoing) -> None:
-        if request.is_cancelled() and not out.final:
+        if is_cancelled(request) and not out.final:
             utterance.cancel()  # a direct client of this model went away
             return
         if out.final:
@@ -186,8 +186,8 @@ class TritonPythonModel:
         with self.metric_lock:
             self._count(out.finish_reason)
         if out.error:
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, pb_utils.TritonError.INTERNAL)),
-                        flags=FINAL)
+            send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, pb_utils.TritonError.INTERNAL)),
+                 flags=FINAL)
             return
         response = pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("AUDIO", out.audio.astype(np.float32)),
@@ -195,7 +195,7 @@ class TritonPythonModel:
             pb_utils.Tensor("VOICE_VERSION", np.array([self.version], np.int32)),
             pb_utils.Tensor("FINISH_REASON", np.array([out.finish_reason.encode()], dtype=object)),
         ])
-        sender.send(response, flags=FINAL if out.final else 0)
+        send(sender, response, flags=FINAL if out.final else 0)
 
     def finalize(self):
         engine = getattr(self, "engine", None)
