@@ -9,7 +9,7 @@ from pathlib import Path
 
 from export import cli
 from export.client import stream, synthesize, write_wav
-from export.server import TritonProcess
+from export.server import TritonProcess, free_ports
 from python_backend import layout
 
 REF_TEXT = "你好，欢迎使用语音合成服务。"
@@ -29,7 +29,7 @@ def run(folder: Path, size: str, text: str) -> int:
                          "--voice", "demo", "--repo", str(repo)])
         if code != 0:
             return code
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     with TritonProcess(repo, http, grpc, metrics, log_path=folder / "tritonserver.log", exit_timeout=10) as server:
         server.wait_ready(600)
         print(f"tritonserver ready on {server.grpc_url} (gRPC); log: {folder / 'tritonserver.log'}", flush=True)
@@ -46,15 +46,3 @@ def run(folder: Path, size: str, text: str) -> int:
     print(f"done: the WAV is {wav}")
     return 0
 
-
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()

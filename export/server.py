@@ -45,6 +45,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -181,6 +182,20 @@ PYTHON_BACKEND_CONFIG = (
     "--backend-config=python,shm-default-byte-size=16777216",
     "--backend-config=python,shm-growth-byte-size=16777216",
 )
+
+
+def free_ports(count: int = 3) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held together so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def static_repository() -> Path:

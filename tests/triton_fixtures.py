@@ -6,7 +6,6 @@ context manager). ``wait_model_ready(url, name)`` polls one model over HTTP.
 """
 from __future__ import annotations
 
-import socket
 import tempfile
 import time
 import urllib.error
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from export.server import ServerError, TritonProcess, find_tritonserver
+from export.server import ServerError, TritonProcess, find_tritonserver, free_ports  # noqa: F401 (re-exported)
 
 
 def require_tritonserver() -> None:
@@ -24,20 +23,6 @@ def require_tritonserver() -> None:
         find_tritonserver()
     except ServerError as exc:
         pytest.skip(str(exc))
-
-
-def free_ports(count: int = 3) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held together so they are distinct)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def start_server(repo: Path, models: list[str] | str | None = None, timeout: float = 180, log_dir: Path | None = None,
