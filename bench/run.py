@@ -541,6 +541,26 @@ def fmt(x, digits=2):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _contended(res: dict) -> str:
+    """A warning when other work loaded the machine (1-min load average above the core count) during a part."""
+    cores = res["machine"].get("cores") or 1
+    parts = {"baseline": (res.get("baseline") or {}).get("loadavg_before_after"),
+             "Triton": res.get("triton_loadavg_before_after")}
+    hot = {k: v for k, v in parts.items() if v and max(v[0][0], v[1][0]) > cores}
+    if not hot:
+        return ""
+    base = (res.get("baseline") or {}).get("per_text") or {}
+    best = min((x["rtf"] for x in base.values() if x.get("audio_s", 0) >= 9.9), default=None)
+    return ("other work was running on this machine during " + ", ".join(f"{k} (load {_la(v)} on {cores} cores)"
+            for k, v in hot.items()) + "; figures measured under that load are slower than on an idle machine and "
+            "ratios between parts measured at different times are unreliable."
+            + (f" The least-contended baseline 10 s request ran at RTF {best:.2f}." if best else ""))
+
+
+def _la(pair) -> str:
+    return "—" if not pair else f"{pair[0][0]:.1f}→{pair[1][0]:.1f}"
+
+
 def write_reports(res: dict, out: Path) -> None:
     base, tri = res["baseline"], res["triton"]["fp32"]
     m = res["machine"]
@@ -548,6 +568,10 @@ def write_reports(res: dict, out: Path) -> None:
     lines = [f"# gsv-triton benchmark ({res['size']} voice, {res['tokens']} tokens = "
              f"{res['tokens'] * 0.04:.0f} s of audio per sentence)", "",
              f"Machine: {mach}. Generated {res['generated_at']} by `{res['command']}`.", "",
+             f"Load average (1 min) before/after each part, other work on the machine included: baseline "
+             f"{_la(base.get('loadavg_before_after'))}, Triton {_la(res.get('triton_loadavg_before_after'))}"
+             + (f"; parts {', '.join(res['reused_from']['parts'])} reused from the run of "
+                f"{res['reused_from']['generated_at']}" if res.get("reused_from") else "") + ".", "",
              "| metric | baseline (eager torch, batch 1) | Triton fp32 | Triton / baseline |"
              + (" Triton int8-decode | int8 / baseline |" if "int8" in res["triton"] else ""),
              "| --- | --- | --- | --- |" + (" --- | --- |" if "int8" in res["triton"] else "")]
@@ -609,6 +633,9 @@ def write_reports(res: dict, out: Path) -> None:
             lines.append(f"| {k} | " + " | ".join(fmt(p.get(k), 3) for p in prof.values()) + " |")
         lines.append("")
     t = res["targets"]
+    busy = _contended(res)
+    if busy:
+        lines += ["## Caveat: shared machine", "", busy, ""]
     lines += ["## Targets", ""] + [f"- {k}: {v}" for k, v in t.items()] + [""]
     (out / "latest.md").write_text("\n".join(lines))
 
@@ -625,6 +652,9 @@ def write_reports(res: dict, out: Path) -> None:
               f"| first audio (s) | {fmt(base['first_chunk_s'])} | {fmt(tri.get('first_chunk_s'))} (streaming) | "
               f"{fmt(ratio(tri.get('first_chunk_s'), base['first_chunk_s']))}× |",
               f"| p99 during a hot swap / steady p99 | | {fmt(res.get('swap_p99_ratio'))} | |", ""]
+    busy = _contended(res)
+    if busy:
+        readme += [f"Caveat: {busy}", ""]
     if i8:
         readme += [f"With `--int8-decode`: single-stream RTF {fmt(i8['single_stream_rtf'], 3)}, throughput at "
                    f"concurrency 8 {fmt(res.get('throughput_c8_int8'))} audio s / s.", ""]
@@ -677,38 +707,9 @@ def plots(res: dict, out: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=["full", "tiny"], default="full")
-    p.add_argument("--out", type=Path, default=HERE / "results")
-    p.add_argument("--cache", type=Path, help="demo voice + export cache (default bench/.cache/<size>)")
-    p.add_argument("--tokens", type=int, default=250, help="tokens per sentence (250 = 10 s)")
-    p.add_argument("--concurrency", default="1,2,4,8,16")
-    p.add_argument("--per-client", type=int, default=2, help="requests per client at each concurrency level")
-    p.add_argument("--repeats", type=int, default=1, help="single-stream repeats per text (both pipelines)")
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
-                   help="also export and measure an --int8-decode voice (demo8)")
-    p.add_argument("--int8-concurrency", default="1,8")
-    p.add_argument("--swap-concurrency", type=int, default=4)
-    p.add_argument("--pa-concurrency", default="1:4:3", help="perf_analyzer --concurrency-range")
-    p.add_argument("--pa-requests", type=int, default=4, help="perf_analyzer requests per measurement window")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile")
-    args = p.parse_args(argv)
-    skip = set(filter(None, args.skip.split(",")))
-    levels = [int(c) for c in args.concurrency.split(",")]
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cache = (args.cache or HERE / ".cache" / args.size).resolve()
-    command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
-    res: dict = {"machine": machine(), "size": args.size, "tokens": args.tokens, "command": command.strip(),
-                 "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "texts": TEXTS, "top_k": TOP_K}
-    t_all = time.perf_counter()
-    prep = prepare(cache, args.size, args.int8)
-    res["int8_error"] = prep["int8_error"]
-    res["baseline"] = run_baseline(prep, out, args.tokens, args.repeats) if "baseline" not in skip else None
-    if res["baseline"]:
-        log(f"baseline RTF {res['baseline']['single_stream_rtf']:.3f}, GPT {res['baseline']['gpt_tokens_per_s']:.1f} tok/s")
-
+def triton_part(args, res: dict, prep: dict, levels: list[int], skip: set, cache: Path) -> None:
+    """Everything measured against a running tritonserver (its own, with GSV_BENCH_IGNORE_EOS=1)."""
+    before = list(os.getloadavg())
     from export.server import TritonProcess
 
     run_repo = cache / "run-repo"
@@ -741,7 +742,65 @@ def main(argv=None) -> int:
         res["triton_final_memory"] = tree_memory(server.pid)
         res["server_log_voice_lines"] = [ln for ln in server_log.read_text(errors="replace").splitlines()
                                          if "BENCHMARK MODE" in ln][:4]
-    if "profile" not in skip:
+    res["triton_loadavg_before_after"] = [before, list(os.getloadavg())]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=["full", "tiny"], default="full")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--cache", type=Path, help="demo voice + export cache (default bench/.cache/<size>)")
+    p.add_argument("--tokens", type=int, default=250, help="tokens per sentence (250 = 10 s)")
+    p.add_argument("--concurrency", default="1,2,4,8,16")
+    p.add_argument("--per-client", type=int, default=2, help="requests per client at each concurrency level")
+    p.add_argument("--repeats", type=int, default=1, help="single-stream repeats per text (both pipelines)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                   help="also export and measure an --int8-decode voice (demo8)")
+    p.add_argument("--int8-concurrency", default="1,8")
+    p.add_argument("--swap-concurrency", type=int, default=4)
+    p.add_argument("--pa-concurrency", default="1:4:3", help="perf_analyzer --concurrency-range")
+    p.add_argument("--pa-requests", type=int, default=3, help="perf_analyzer requests per measurement window")
+    p.add_argument("--reuse", type=Path, help="an earlier latest.json: take its parts instead of measuring them again")
+    p.add_argument("--redo", default="", help="with --reuse: comma list of parts to measure again: baseline,triton,profile")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile")
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    levels = [int(c) for c in args.concurrency.split(",")]
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = (args.cache or HERE / ".cache" / args.size).resolve()
+    command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    res: dict = {"machine": machine(), "size": args.size, "tokens": args.tokens, "command": command.strip(),
+                 "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "texts": TEXTS, "top_k": TOP_K}
+    t_all = time.perf_counter()
+    loadavg_start = list(os.getloadavg())
+    prep = prepare(cache, args.size, args.int8)
+    res["int8_error"] = prep["int8_error"]
+    reused = json.loads(args.reuse.read_text()) if args.reuse else {}
+    redo = set(filter(None, args.redo.split(",")))
+    if reused:
+        res["reused_from"] = {"file": str(args.reuse), "generated_at": reused.get("generated_at"),
+                              "parts": sorted({"baseline", "triton", "profile"} - redo)}
+    if reused and "baseline" not in redo:
+        res["baseline"] = reused["baseline"]
+    elif "baseline" not in skip:
+        before = list(os.getloadavg())
+        res["baseline"] = run_baseline(prep, out, args.tokens, args.repeats)
+        res["baseline"]["loadavg_before_after"] = [before, list(os.getloadavg())]
+    else:
+        res["baseline"] = None
+    if res["baseline"]:
+        log(f"baseline RTF {res['baseline']['single_stream_rtf']:.3f}, GPT {res['baseline']['gpt_tokens_per_s']:.1f} tok/s")
+    if reused and "triton" not in redo:
+        for key in ("triton", "triton_idle_memory", "stub_rss_mb_idle", "perf_analyzer", "swap", "triton_final_memory",
+                    "server_log_voice_lines", "triton_loadavg_before_after"):
+            if key in reused:
+                res[key] = reused[key]
+    else:
+        triton_part(args, res, prep, levels, skip, cache)
+    if reused and "profile" not in redo and "profile" in reused:
+        res["profile"] = reused["profile"]
+    elif "profile" not in skip:
         log("profile: exported graphs in-process")
         res["profile"] = {label: profile(prep["repo"], voice, args.tokens) for label, voice in prep["voices"].items()}
 
@@ -773,7 +832,17 @@ def main(argv=None) -> int:
         "swap adds < 50% to p99": ("n/a" if res["swap_p99_ratio"] is None else
                                    f"{'met' if res['swap_p99_ratio'] < 1.5 else 'MISSED'} ({res['swap_p99_ratio']:.2f})"),
     }
+    best = min((x["rtf"] for x in (base.get("per_text") or {}).values() if x.get("audio_s", 0) >= 9.9), default=None)
+    if best and res["throughput_c8"]:
+        r = res["throughput_c8"] * best
+        res["targets"]["throughput at c8 vs the least-contended baseline 10 s request (1 / its RTF)"] = (
+            f"{'met' if r >= 3 else 'MISSED'} ({r:.2f}x; baseline RTF {best:.2f})")
+    if reused:  # the canonical command; latest.json's reused_from says which parts came from which run
+        res["command"] = f"python -m bench.run --size {args.size} --out {args.out}"
+        res["regenerated_by"] = command.strip()
     res["bench_wall_s"] = time.perf_counter() - t_all
+    # other work on the machine competes for the same cores: record how busy it was
+    res["machine"]["loadavg_start"], res["machine"]["loadavg_end"] = loadavg_start, list(os.getloadavg())
     res["plots"] = plots(res, out) if res["baseline"] else []
     (out / "latest.json").write_text(json.dumps(res, ensure_ascii=False, indent=1, default=str))
     if res["baseline"]:
