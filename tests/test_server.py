@@ -329,6 +329,34 @@ def test_triton_does_not_skip_hidden_folders(repo, tmp_path):
     assert "failed to load model '.gsv'" in proc.log_path.read_text()
 
 
+def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
+    """Lines of the process's output up to the one containing ``marker`` (read by a thread, so
+    a line already buffered is never missed)."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    seen: list[str] = []
+
+    def pump():
+        for line in iter(proc.stdout.readline, ""):
+            lines.put(line)
+            if marker in line:
+                return
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"no {marker!r} from the serve command; got: {''.join(seen)}")
+
+
 @pytest.mark.integration
 def test_serve_command_starts_and_stops_on_sigint(repo, tmp_path):
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -339,11 +367,13 @@ def test_serve_command_starts_and_stops_on_sigint(repo, tmp_path):
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_model_ready(f"127.0.0.1:{http_port}", "gsv_ssl", timeout=180)
+        head = _read_until(proc, "gsv-triton: ready", timeout=120)  # the CLI itself saw it ready
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
             assert resp.status == 200
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
+        out = head + out
         elapsed = time.monotonic() - start
     finally:
         if proc.poll() is None:
