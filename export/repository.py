@@ -63,13 +63,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def next_version(repo: Path, voice: str) -> int:
-    """One past the highest version ever used, counting quarantined ones, so numbers never repeat."""
+    """One past the highest version ever used, counting quarantined and retired ones, so numbers never repeat."""
     used = layout.version_numbers(layout.voice_dir(repo, voice))
-    qroot = layout.quarantine_root(repo)
-    if qroot.is_dir():
-        prefix = layout.voice_model(voice) + "."
-        used += [int(p.name[len(prefix):].split(".")[0]) for p in qroot.iterdir()
-                 if p.name.startswith(prefix) and p.name[len(prefix):].split(".")[0].isdigit()]
+    prefix = layout.voice_model(voice) + "."
+    for root in (layout.quarantine_root(repo), layout.retired_root(repo)):
+        if root.is_dir():
+            used += [int(p.name[len(prefix):].split(".")[0]) for p in root.iterdir()
+                     if p.name.startswith(prefix) and p.name[len(prefix):].split(".")[0].isdigit()]
     return max(used, default=0) + 1
 
 

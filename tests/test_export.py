@@ -250,3 +250,15 @@ def test_export_refuses_checkpoints_that_make_silence(tiny_voice, tmp_path, caps
     code, err = run_cli(args, capsys)
     assert code == 2 and "silent" in err and len(err.splitlines()) == 1
     assert not (repo / "voice_demo").exists()
+
+
+def test_next_version_never_reuses_quarantined_or_retired_numbers(tmp_path):
+    from export.repository import next_version
+
+    (layout.voice_dir(tmp_path, "a") / "1").mkdir(parents=True)
+    layout.quarantine_root(tmp_path).mkdir(parents=True)
+    (layout.quarantine_root(tmp_path) / "voice_a.3.20261125T000000Z").mkdir()
+    assert next_version(tmp_path, "a") == 4
+    layout.retired_root(tmp_path).mkdir(parents=True)
+    (layout.retired_root(tmp_path) / "voice_a.5.20261125T000001Z").mkdir()
+    assert next_version(tmp_path, "a") == 6
