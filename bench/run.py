@@ -495,12 +495,12 @@ def profile(repo: Path, voice: str, tokens: int, batches=(1, 8), steps: int = 40
         out = {"voice": voice, "prefill_ms": prefill_ms}
         n_prompt = engine.prompts.shape[1]
         for b in batches:
-            kb, vb = np.repeat(k, b, axis=1), np.repeat(v, b, axis=1)
+            cache = engine.gpt.start_cache(np.repeat(k, b, axis=1), np.repeat(v, b, axis=1))
             tok = np.full((b, 1), 5, np.int64)
             times = []
             for i in range(steps):
                 t = time.perf_counter()
-                _, kb, vb = engine.gpt.step(tok, np.full(b, n_prompt + i), kb, vb)
+                engine.gpt.step(tok, np.full(b, n_prompt + i), cache)
                 times.append(time.perf_counter() - t)
             ms = 1000 * statistics.median(times[2:])
             out[f"gpt_step_ms_b{b}"] = ms

@@ -10,13 +10,20 @@ Two entry points, each exported as one ONNX graph:
   Rows of one prefill batch have equal P and equal T (no padding inside prefill); prefill
   rows of different lengths separately and merge them into a decode batch with padding.
 * ``step(token [B,1], position [B], k [L,B,S,D], v, cache_mask [B,S+1])`` -> ``(logits, k', v')``
-  with ``k'``/``v'`` of length S+1 (the new token's key/value appended at the end).
+  with ``k'``/``v'`` of length S+1 (the new token's key/value appended at the end): the
+  upstream way (``torch.cat`` per step), used by the eager baseline and the golden samples.
   ``cache_mask`` holds 1.0 for a valid key and 0.0 for padding; its last column is the new
   token itself and must be 1. Padding may sit anywhere in the cache (the server pads on the
   LEFT so every row appends at the same index); masked keys get zero attention weight, so a
   padded row gives the same logits as the row alone. ``position`` is the audio position of
   ``token`` (the first generated token after a prompt of length T sits at position T); the
   sinusoidal encoding is computed inside the graph, so any length works.
+* ``step_cached(token, position, attn_mask [B,C+1], past_k, past_v)`` (the exported decode
+  step): ``past_k``/``past_v`` are per-layer lists of ``[B,H,C,hd]`` buffers that the caller
+  owns and grows (C >= the used length; unused columns masked 0), and only the new token's
+  ``new_k``/``new_v`` ``[L,B,H,1,hd]`` come back. The caller writes them into its buffers, so
+  a step reads the cache once and copies none of it (the ``torch.cat`` form rewrites the
+  whole cache several times per step, which dominated batched decode on a CPU).
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from export.errors import CheckpointError
 from export.onnx_io import GraphSpec
 
 MODEL_TYPE = "gpt-sovits-t2s"
+STEP_FORMAT = "2"  # 2: caller-owned per-layer cache buffers (1 was the cat form: in_k_cache -> out_k_cache)
 EOS_MASK_STEPS = 11  # upstream: EOS cannot be sampled in the first 11 decode steps
 LN_EPS = 1e-5
 
@@ -137,9 +145,26 @@ class _Layer(nn.Module):
         scores = scores.masked_fill(~keep, float("-inf"))
         attn = torch.matmul(torch.softmax(scores, dim=-1), self._heads(v))
         attn = attn.transpose(1, 2).reshape(x.shape[0], -1, self.n_head * self.head_dim)
+        return self._finish(x, attn), k, v
+
+    def forward_cached(self, x, k_past, v_past, keep):
+        """One new position. x [B,1,D]; k_past/v_past [B,H,C,hd]; keep bool [B,1,1,C+1] (last: itself).
+
+        Returns the new hidden state and this position's k, v as [B,H,1,hd].
+        """
+        q, k, v = F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        past = torch.matmul(q, k_past.transpose(-1, -2))  # [B,H,1,C]
+        own = (q * k).sum(dim=-1, keepdim=True)  # [B,H,1,1]
+        scores = torch.cat([past, own], dim=-1) * self.scale
+        weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+        attn = torch.matmul(weights[..., :-1], v_past) + weights[..., -1:] * v
+        attn = attn.transpose(1, 2).reshape(x.shape[0], -1, self.n_head * self.head_dim)
+        return self._finish(x, attn), k, v
+
+    def _finish(self, x, attn):
         x = self.norm1(x + self.self_attn.out_proj(attn))
-        x = self.norm2(x + self.linear2(F.relu(self.linear1(x))))
-        return x, k, v
+        return self.norm2(x + self.linear2(F.relu(self.linear1(x))))
 
 
 class _Stack(nn.Module):
@@ -219,6 +244,20 @@ class GPT(nn.Module):
         keep = (cache_mask > 0.5).unsqueeze(1).unsqueeze(1)  # [B,1,1,S+1]
         return self._run(x, k_cache, v_cache, keep)
 
+    def step_cached(self, token, position, attn_mask, past_k, past_v):
+        """token [B,1], position [B], attn_mask [B,C+1], past_k/past_v: n_layer tensors [B,H,C,hd].
+
+        Returns logits [B,V] and the new token's new_k/new_v [L,B,H,1,hd] (module doc).
+        """
+        x = self._audio_embed(token, position.unsqueeze(1))
+        keep = (attn_mask > 0.5).unsqueeze(1).unsqueeze(1)  # [B,1,1,C+1]
+        ks, vs = [], []
+        for layer, k_past, v_past in zip(self.h.layers, past_k, past_v):
+            x, k, v = layer.forward_cached(x, k_past, v_past, keep)
+            ks.append(k)
+            vs.append(v)
+        return self.ar_predict_layer(x[:, -1]), torch.stack(ks), torch.stack(vs)
+
     def metadata(self) -> dict[str, object]:
         c = self.cfg
         return {
@@ -231,8 +270,10 @@ class GPT(nn.Module):
             "bert_dim": c.bert_dim,
             "eos": c.eos,
             "eos_mask_steps": EOS_MASK_STEPS,
-            "cache_layout": "[n_layer,batch,seq,d_model]",
-            "attn_mask": "float32 [batch,cache+1], 1 valid, 0 padding; last column is the new token",
+            "cache_layout": "prefill out [n_layer,batch,seq,d_model]; step past_k_<i>/past_v_<i> "
+                            "[batch,n_head,capacity,head_dim], new_k/new_v [n_layer,batch,n_head,1,head_dim]",
+            "step_format": STEP_FORMAT,
+            "attn_mask": "float32 [batch,capacity+1], 1 valid, 0 padding or unused; last column is the new token",
         }
 
 
@@ -248,14 +289,20 @@ class GPTPrefill(nn.Module):
 
 
 class GPTStep(nn.Module):
-    """ONNX wrapper: (token, position, in_k_cache, in_v_cache, attn_mask) -> (logits, out_k_cache, out_v_cache)."""
+    """ONNX wrapper: (token, position, attn_mask, past_k_0.., past_v_0..) -> (logits, new_k, new_v)."""
 
     def __init__(self, model: GPT):
         super().__init__()
         self.model = model
 
-    def forward(self, token, position, in_k_cache, in_v_cache, attn_mask):
-        return self.model.step(token, position, in_k_cache, in_v_cache, attn_mask)
+    def forward(self, token, position, attn_mask, *past):
+        n = self.model.cfg.n_layer
+        return self.model.step_cached(token, position, attn_mask, past[:n], past[n:])
+
+
+def step_input_names(n_layer: int) -> list[str]:
+    return (["token", "position", "attn_mask"] + [f"past_k_{i}" for i in range(n_layer)]
+            + [f"past_v_{i}" for i in range(n_layer)])
 
 
 PREFILL_NAME = "gpt_prefill"
@@ -272,12 +319,12 @@ def example_inputs(cfg: GPTConfig, batch: int = 2, n_phone: int = 7, n_prompt: i
     )
     mask = torch.ones(batch, cache + 1)
     mask[0, :2] = 0.0
+    past = [torch.randn(batch, cfg.n_head, cache, cfg.head_dim, generator=g) for _ in range(2 * cfg.n_layer)]
     step = (
         torch.randint(0, cfg.vocab_size - 1, (batch, 1), generator=g),
         torch.full((batch,), 4, dtype=torch.int64),
-        torch.randn(cfg.n_layer, batch, cache, cfg.d_model, generator=g),
-        torch.randn(cfg.n_layer, batch, cache, cfg.d_model, generator=g),
         mask,
+        *past,
     )
     return prefill, step
 
@@ -289,6 +336,7 @@ def gpt_graph_specs(model: GPT, prefill_args: tuple | None = None, step_args: tu
     step_args = step_args if step_args is not None else ex_step
     meta = model.metadata()
     cache_out = {1: "batch", 2: "cache_out"}
+    step_names = step_input_names(model.cfg.n_layer)
     return [
         GraphSpec(
             name=PREFILL_NAME,
@@ -310,17 +358,16 @@ def gpt_graph_specs(model: GPT, prefill_args: tuple | None = None, step_args: tu
             name=STEP_NAME,
             module=GPTStep(model).eval(),
             args=tuple(step_args),
-            input_names=["token", "position", "in_k_cache", "in_v_cache", "attn_mask"],
-            output_names=["logits", "out_k_cache", "out_v_cache"],
+            input_names=step_names,
+            output_names=["logits", "new_k", "new_v"],
             dynamic_axes={
                 "token": {0: "batch"},
                 "position": {0: "batch"},
-                "in_k_cache": {1: "batch", 2: "cache"},
-                "in_v_cache": {1: "batch", 2: "cache"},
-                "attn_mask": {0: "batch", 1: "cache_plus_1"},
+                "attn_mask": {0: "batch", 1: "capacity_plus_1"},
+                **{name: {0: "batch", 2: "capacity"} for name in step_names[3:]},
                 "logits": {0: "batch"},
-                "out_k_cache": cache_out,
-                "out_v_cache": cache_out,
+                "new_k": {1: "batch"},
+                "new_v": {1: "batch"},
             },
             metadata=meta,
         ),

@@ -37,13 +37,12 @@ def tolerances(precision: str, int8_decode: bool) -> dict[str, float]:
 def _step_ms(runner: GPTRunner) -> float:
     """Milliseconds per decode step at batch 1 with a 200-entry cache."""
     shape = (runner.n_layer, 1, STEP_TIMING_CACHE, runner.d_model)
-    k = np.zeros(shape, np.float32)
-    v = np.zeros(shape, np.float32)
+    cache = runner.start_cache(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
     token, pos = np.array([[1]]), np.array([STEP_TIMING_CACHE])
-    runner.step(token, pos, k, v)
+    runner.step(token, pos, cache)
     start = time.perf_counter()
     for _ in range(STEP_TIMING_REPEATS):
-        runner.step(token, pos, k, v)
+        runner.step(token, pos, cache)
     return (time.perf_counter() - start) / STEP_TIMING_REPEATS * 1000
 
 

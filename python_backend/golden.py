@@ -61,11 +61,11 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 def forced_step_logits(runner: GPTRunner, sample: GoldenSample) -> tuple[np.ndarray, np.ndarray]:
     logits, k, v = runner.prefill(sample.phones, sample.bert, sample.prompts)
+    cache = runner.start_cache(k, v)
     steps = []
     pos = sample.prompts.shape[1]
     for i, token in enumerate(sample.forced[0]):
-        out, k, v = runner.step(np.array([[token]]), np.array([pos + i]), k, v)
-        steps.append(out)
+        steps.append(runner.step(np.array([[token]]), np.array([pos + i]), cache))
     return logits, np.stack(steps, axis=1)
 
 

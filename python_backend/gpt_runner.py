@@ -18,11 +18,18 @@ import numpy as np
 import onnxruntime as ort
 
 from python_backend import sampling
+from python_backend.kv_cache import KVCache
 
 MODEL_TYPE = "gpt-sovits-t2s"
 REQUIRED_METADATA = ("model_type", "n_layer", "n_head", "d_model", "vocab_size", "phone_vocab_size", "eos")
 PREFILL_IO = (("phones", "bert", "prompts"), ("logits", "out_k_cache", "out_v_cache"))
-STEP_IO = (("token", "position", "in_k_cache", "in_v_cache", "attn_mask"), ("logits", "out_k_cache", "out_v_cache"))
+STEP_OUTPUTS = ("logits", "new_k", "new_v")
+STEP_FORMAT = "2"
+
+
+def step_io(n_layer: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    names = ("token", "position", "attn_mask") + tuple(f"past_{kv}_{i}" for kv in "kv" for i in range(n_layer))
+    return names, STEP_OUTPUTS
 
 
 class GPTGraphError(RuntimeError):
@@ -39,6 +46,12 @@ def _metadata(sess: ort.InferenceSession, path: str) -> dict[str, str]:
     return meta
 
 
+def check_step_format(meta: dict[str, str], path: str) -> None:
+    if meta.get("step_format") != STEP_FORMAT:
+        raise GPTGraphError(f"{path}: decode-step format {meta.get('step_format', '1')!r}, this server needs "
+                            f"{STEP_FORMAT!r} (caller-owned KV cache); re-export the voice with this version")
+
+
 def _check_io(sess: ort.InferenceSession, path: str, io: tuple) -> None:
     ins = {i.name for i in sess.get_inputs()}
     outs = {o.name for o in sess.get_outputs()}
@@ -53,9 +66,10 @@ class GPTRunner:
         self.prefill_sess = ort.InferenceSession(str(prefill_path), session_options, providers=providers)
         self.step_sess = ort.InferenceSession(str(step_path), session_options, providers=providers)
         _check_io(self.prefill_sess, str(prefill_path), PREFILL_IO)
-        _check_io(self.step_sess, str(step_path), STEP_IO)
         meta_p = _metadata(self.prefill_sess, str(prefill_path))
         meta_s = _metadata(self.step_sess, str(step_path))
+        check_step_format(meta_s, str(step_path))
+        _check_io(self.step_sess, str(step_path), step_io(int(meta_s["n_layer"])))
         for key in REQUIRED_METADATA:
             if meta_p[key] != meta_s[key]:
                 raise GPTGraphError(f"prefill and step graphs disagree on {key}: {meta_p[key]} vs {meta_s[key]}")
@@ -66,8 +80,6 @@ class GPTRunner:
         self.vocab_size = int(meta_p["vocab_size"])
         self.phone_vocab_size = int(meta_p["phone_vocab_size"])
         self.eos = int(meta_p["eos"])
-        mask_type = next(i.type for i in self.step_sess.get_inputs() if i.name == "attn_mask")
-        self.mask_dtype = np.bool_ if mask_type == "tensor(bool)" else np.float32
         self.last_stop_reason: str | None = None
 
     # ------------------------------------------------------------ graph calls
@@ -80,20 +92,19 @@ class GPTRunner:
         }
         return self.prefill_sess.run(list(PREFILL_IO[1]), feeds)
 
-    def step(self, token: np.ndarray, position: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
-             attn_mask: np.ndarray | None = None):
-        """token [B,1], position [B], caches [L,B,S,D], attn_mask [B,S+1] (1 valid, 0 pad; default all valid)."""
-        batch, cache = k_cache.shape[1], k_cache.shape[2]
-        if attn_mask is None:
-            attn_mask = np.ones((batch, cache + 1), dtype=self.mask_dtype)
-        feeds = {
-            "token": np.asarray(token, dtype=np.int64).reshape(batch, 1),
-            "position": np.asarray(position, dtype=np.int64).reshape(batch),
-            "in_k_cache": k_cache,
-            "in_v_cache": v_cache,
-            "attn_mask": np.asarray(attn_mask, dtype=self.mask_dtype),
-        }
-        return self.step_sess.run(list(STEP_IO[1]), feeds)
+    def start_cache(self, k: np.ndarray, v: np.ndarray) -> KVCache:
+        """The decode cache for prefill outputs ``[L,B,S,D]``."""
+        return KVCache.from_prefill(k, v, self.n_head)
+
+    def step(self, token: np.ndarray, position: np.ndarray, cache: KVCache) -> np.ndarray:
+        """token [B,1], position [B]; reads ``cache`` in place, appends the new keys, returns logits [B,V]."""
+        batch = cache.batch
+        feeds = cache.feeds()
+        feeds["token"] = np.asarray(token, dtype=np.int64).reshape(batch, 1)
+        feeds["position"] = np.asarray(position, dtype=np.int64).reshape(batch)
+        logits, new_k, new_v = self.step_sess.run(list(STEP_OUTPUTS), feeds)
+        cache.append(new_k, new_v)
+        return logits
 
     # ------------------------------------------------------------ decode loop
     def generate(self, phones, bert, prompts, top_k: int = 15, top_p: float = 1.0, temperature: float = 1.0,
@@ -112,7 +123,8 @@ class GPTRunner:
         n_prompt = prompts.shape[1]
         history = np.empty(n_prompt + max_new_tokens, dtype=np.int64)
         history[:n_prompt] = prompts[0]
-        logits, k_cache, v_cache = self.prefill(phones, bert, prompts)
+        logits, k, v = self.prefill(phones, bert, prompts)
+        cache = self.start_cache(k, v)
         generated = 0
         while True:
             masked = sampling.mask_eos(logits, generated, self.eos)
@@ -124,8 +136,7 @@ class GPTRunner:
             reason = sampling.stop_reason(generated, argmax[0], tokens[0], self.eos, early_stop_num, max_new_tokens)
             if reason is not None:
                 break
-            logits, k_cache, v_cache = self.step(tokens.reshape(1, 1), np.array([n_prompt + generated - 1]),
-                                                 k_cache, v_cache)
+            logits = self.step(tokens.reshape(1, 1), np.array([n_prompt + generated - 1]), cache)
         self.last_stop_reason = reason
         out = history[n_prompt: n_prompt + generated].copy()
         if out.size and out[-1] == self.eos:

@@ -7,8 +7,8 @@ Threads (vllm_backend style):
 * ``submit`` validates, enqueues and returns a :class:`RequestHandle`.
 * ``[gpt]`` decode thread: in-flight batching. A new request is prefilled alone (prefill rows
   would need equal lengths) and joins the running batch at the next step. The batch's KV
-  cache is one pair of ``[L, B, S, D]`` arrays, LEFT-padded (attention mask 0 on padding) so
-  every row appends at the same column; each row has its own position (prompt length +
+  cache is a :class:`KVCache` (per-layer buffers the step graph reads in place), LEFT-padded
+  (attention mask 0 on padding) so every row appends at the same column; each row has its own position (prompt length +
   generated index), sampling parameters and ``numpy`` Generator. A finished or cancelled row
   leaves at once: its row is removed and leading columns that are padding for every
   remaining row are trimmed.
@@ -67,6 +67,7 @@ import numpy as np
 
 from python_backend import sampling
 from python_backend.gpt_runner import GPTRunner
+from python_backend.kv_cache import KVCache
 from python_backend.manifest import VoiceManifest
 from python_backend.onnx_stage import OnnxStage, providers, session_options
 
@@ -606,7 +607,7 @@ class VoiceEngine:
 
 
 class _Batch:
-    """The running GPT batch: rows, their next logits, and the LEFT-padded KV cache."""
+    """The running GPT batch: rows, their next logits, and the LEFT-padded KV cache (``KVCache``)."""
 
     def __init__(self, gpt: GPTRunner):
         self.gpt = gpt
@@ -615,24 +616,15 @@ class _Batch:
     def clear(self) -> None:
         self.rows: list[_Row] = []
         self.logits: np.ndarray | None = None
-        self.k: np.ndarray | None = None
-        self.v: np.ndarray | None = None
-        self.mask: np.ndarray | None = None  # [B, S] float32, 1 valid / 0 padding
+        self.cache: KVCache | None = None
 
     def add(self, row: _Row, logits: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
-        s_new = k.shape[2]
+        """Join a prefilled row (one copy of the batch cache, once per request)."""
+        new = self.gpt.start_cache(k, v)
         if not self.rows:
-            self.rows, self.logits, self.k, self.v = [row], logits, k, v
-            self.mask = np.ones((1, s_new), np.float32)
+            self.rows, self.logits, self.cache = [row], logits, new
             return
-        s_old = self.k.shape[2]
-        s = max(s_old, s_new)
-        self.k, self.v, self.mask = _left_pad(self.k, s), _left_pad(self.v, s), _left_pad_mask(self.mask, s)
-        k, v = _left_pad(k, s), _left_pad(v, s)
-        row_mask = _left_pad_mask(np.ones((1, s_new), np.float32), s)
-        self.k = np.concatenate([self.k, k], axis=1)
-        self.v = np.concatenate([self.v, v], axis=1)
-        self.mask = np.concatenate([self.mask, row_mask], axis=0)
+        self.cache = KVCache.merge([self.cache, new])
         self.logits = np.concatenate([self.logits, logits], axis=0)
         self.rows.append(row)
 
@@ -645,29 +637,9 @@ class _Batch:
             self.clear()
             return
         self.rows = [self.rows[i] for i in keep]
-        self.k, self.v = self.k[:, keep], self.v[:, keep]
-        self.mask, self.logits = self.mask[keep], self.logits[keep]
-        first = int(np.argmax(self.mask.any(axis=0)))  # leading columns that are padding for every row
-        if first:
-            self.k = np.ascontiguousarray(self.k[:, :, first:])
-            self.v = np.ascontiguousarray(self.v[:, :, first:])
-            self.mask = np.ascontiguousarray(self.mask[:, first:])
+        self.logits = self.logits[keep]
+        self.cache.select(keep)
 
     def step(self, tokens: np.ndarray) -> None:
         positions = np.array([row.n_prompt + row.generated - 1 for row in self.rows], np.int64)
-        mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.float32)], axis=1)
-        self.logits, self.k, self.v = self.gpt.step(tokens.reshape(-1, 1), positions, np.ascontiguousarray(self.k),
-                                                    np.ascontiguousarray(self.v), mask.astype(self.gpt.mask_dtype))
-        self.mask = mask
-
-
-def _left_pad(cache: np.ndarray, s: int) -> np.ndarray:
-    pad = s - cache.shape[2]
-    if pad == 0:
-        return cache
-    return np.pad(cache, ((0, 0), (0, 0), (pad, 0), (0, 0)))
-
-
-def _left_pad_mask(mask: np.ndarray, s: int) -> np.ndarray:
-    pad = s - mask.shape[1]
-    return mask if pad == 0 else np.pad(mask, ((0, 0), (pad, 0)))
+        self.logits = self.gpt.step(tokens.reshape(-1, 1), positions, self.cache)

@@ -18,7 +18,8 @@ from export.errors import CheckpointError
 from export.gpt_model import GPT, GPTConfig, gpt_graph_specs
 from export.onnx_io import export_graph
 from python_backend import sampling
-from python_backend.gpt_runner import GPTGraphError, GPTRunner
+from python_backend.gpt_runner import GPTGraphError, GPTRunner, check_step_format
+from python_backend.kv_cache import KVCache
 from tests.conftest import kit_files
 
 LOGIT_ATOL = 1e-3
@@ -227,10 +228,12 @@ def test_onnx_prefill_and_step_logits(kit, stem, runner):
     logits, k, v = runner.prefill(golden["phones"], golden["bert"], golden["prompts"])
     np.testing.assert_allclose(logits, golden["prefill_logits"], atol=LOGIT_ATOL, rtol=0)
     n_prompt = golden["prompts"].shape[1]
+    cache = KVCache.from_prefill(k, v, runner.n_head, spare=2)  # regrows every 2 steps: growth is exercised
     for i, tok in enumerate(golden["forced_tokens"][0]):
-        logits, k, v = runner.step(np.array([[tok]]), np.array([n_prompt + i]), k, v)
+        logits = runner.step(np.array([[tok]]), np.array([n_prompt + i]), cache)
         np.testing.assert_allclose(logits, golden["step_logits"][:, i], atol=LOGIT_ATOL, rtol=0,
                                    err_msg=f"forced step {i}")
+    assert cache.length == k.shape[2] + len(golden["forced_tokens"][0])
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -245,8 +248,34 @@ def test_onnx_greedy_tokens(kit, stem, runner):
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_onnx_batched_step_mixed_cache_lengths(kit, stem, runner):
+    """Rows of different lengths merged into one cache step exactly as they do alone, also
+    after the longer row leaves the batch (its columns are trimmed)."""
     _, golden = _load(stem)
-    _batched_step_check(runner.prefill, runner.step)(golden)
+    a, b = _two_rows(golden)
+    rows = [runner.prefill(*a), runner.prefill(*b)]
+    positions = np.array([a[2].shape[1], b[2].shape[1]])
+    alone = [KVCache.from_prefill(r[1], r[2], runner.n_head, spare=1) for r in rows]
+    batch = KVCache.merge([KVCache.from_prefill(r[1], r[2], runner.n_head, spare=1) for r in rows])
+    forced = golden["forced_tokens"][0]
+    for step in range(3):
+        tokens = np.array([[int(forced[step % forced.size])], [int(forced[(step + 1) % forced.size])]])
+        logits = runner.step(tokens, positions + step, batch)
+        for i in range(2):
+            solo = runner.step(tokens[i: i + 1], positions[i: i + 1] + step, alone[i])
+            np.testing.assert_allclose(logits[i], solo[0], atol=BATCH_ATOL, rtol=0, err_msg=f"row {i}, step {step}")
+            np.testing.assert_allclose(batch.keys(i), alone[i].keys(0), atol=BATCH_ATOL, rtol=0)
+    batch.select([1])
+    assert batch.length == alone[1].length  # the longer row's leading columns are gone
+    tokens = np.array([[int(forced[0])]])
+    np.testing.assert_allclose(runner.step(tokens, positions[1:] + 3, batch),
+                               runner.step(tokens, positions[1:] + 3, alone[1]), atol=BATCH_ATOL, rtol=0)
+
+
+def test_runner_rejects_cat_form_step_graph():
+    """A voice exported before the caller-owned cache (step_format 1) is refused at open, saying to re-export."""
+    with pytest.raises(GPTGraphError, match="re-export"):
+        check_step_format({"model_type": "gpt-sovits-t2s"}, "old/gpt_step.onnx")
+    check_step_format({"step_format": "2"}, "new/gpt_step.onnx")
 
 
 @pytest.mark.parametrize("stem", STEMS)
