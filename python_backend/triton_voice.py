@@ -1,7 +1,9 @@
 """Triton adapter of a voice version (``voice_<NAME>/<N>/model.py`` imports this).
 
 Thin: tensors in -> ``SynthesisRequest`` per sentence -> ``VoiceEngine``; chunks out through
-the request's response sender.
+the request's response sender. Responses (decoupled): first an "accepted" one (empty AUDIO,
+the serving VOICE_VERSION, empty FINISH_REASON) sent as the request is taken, then the audio
+chunks; the last one carries the FINAL flag.
 
 Load = validation (``python_backend.validation``): a version that cannot load or fails the
 checks raises from ``initialize``, so Triton fails the load with the reason and the previous
@@ -171,7 +173,19 @@ class TritonPythonModel:
                 self.active[rid] = utterance
         with self.metric_lock:
             self.in_flight.increment(1)
+        # the first response says "accepted" (version, no audio) at once: a BLS caller's
+        # exec() returns only with a first response, and the tts stub serializes exec() calls
+        # (STUB_IPC), so answering late would let one voice request hold every other caller
+        send(sender, self._response(np.zeros(0, np.float32), ""))
         utterance.handles = [self.engine.submit(req, utterance.emit_for(i)) for i, req in enumerate(engine_requests)]
+
+    def _response(self, audio: np.ndarray, finish_reason: str):
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("AUDIO", audio.astype(np.float32)),
+            pb_utils.Tensor("SAMPLE_RATE", np.array([self.sample_rate], np.int32)),
+            pb_utils.Tensor("VOICE_VERSION", np.array([self.version], np.int32)),
+            pb_utils.Tensor("FINISH_REASON", np.array([finish_reason.encode()], dtype=object)),
+        ])
 
     def _send(self, sender, request, utterance: Utterance, rid: str | None, out: Outgoing) -> None:
         if is_cancelled(request) and not out.final:
@@ -183,19 +197,26 @@ class TritonPythonModel:
             if rid:
                 with self.lock:
                     self.active.pop(rid, None)
+            self._log_timing(utterance, out.finish_reason)
         with self.metric_lock:
             self._count(out.finish_reason)
         if out.error:
             send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, pb_utils.TritonError.INTERNAL)),
                  flags=FINAL)
             return
-        response = pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("AUDIO", out.audio.astype(np.float32)),
-            pb_utils.Tensor("SAMPLE_RATE", np.array([self.sample_rate], np.int32)),
-            pb_utils.Tensor("VOICE_VERSION", np.array([self.version], np.int32)),
-            pb_utils.Tensor("FINISH_REASON", np.array([out.finish_reason.encode()], dtype=object)),
-        ])
-        send(sender, response, flags=FINAL if out.final else 0)
+        send(sender, self._response(out.audio, out.finish_reason), flags=FINAL if out.final else 0)
+
+    def _log_timing(self, utterance: Utterance, reasons: str) -> None:
+        """One line per request: where its time went (per sentence: queue, GPT, audio) and the
+        engine's cumulative graph seconds, so a slow request can be placed without a profiler."""
+        parts = []
+        for h in getattr(utterance, "handles", None) or []:
+            t = h.timings()
+            parts.append("/".join(f"{t[k]:.2f}" if k in t else "-" for k in ("queue_s", "gpt_s", "audio_s", "total_s"))
+                         + f" {h.generated}tok")
+        seconds = ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.engine.seconds.items()))
+        LOG.info("[voice] %s v%d request done (%s): queue/gpt/audio/total s per sentence: %s; engine graph s: %s",
+                 self.name, self.version, reasons or "-", "; ".join(parts) or "-", seconds)
 
     def finalize(self):
         engine = getattr(self, "engine", None)

@@ -205,7 +205,27 @@ class RequestHandle:
         self.error: str | None = None
         self.generated = 0  #: tokens sampled so far (written by the decode thread; for progress only)
         self.tokens: np.ndarray | None = None  #: generated semantic tokens (set when the GPT part ends)
-        self.gpt_done_at: float | None = None  #: time.monotonic() when its row left the GPT batch
+        # time.monotonic() of each phase, for the per-request timing line and the profile
+        self.submitted_at = time.monotonic()
+        self.admitted_at: float | None = None  #: prefilled, joined the GPT batch
+        self.gpt_done_at: float | None = None  #: its row left the GPT batch
+        self.first_audio_at: float | None = None  #: its first audio chunk went to the sender
+        self.done_at: float | None = None  #: its final chunk was emitted
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent waiting for the GPT batch, decoding, and from the GPT end to the final chunk."""
+        t = {}
+        if self.admitted_at is not None:
+            t["queue_s"] = self.admitted_at - self.submitted_at
+            if self.gpt_done_at is not None:
+                t["gpt_s"] = self.gpt_done_at - self.admitted_at
+                if self.done_at is not None:
+                    t["audio_s"] = self.done_at - self.gpt_done_at
+        if self.first_audio_at is not None:
+            t["first_audio_s"] = self.first_audio_at - self.submitted_at
+        if self.done_at is not None:
+            t["total_s"] = self.done_at - self.submitted_at
+        return t
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -315,6 +335,7 @@ class VoiceEngine:
         self._jobs: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
         self.stats = collections.Counter()  # steps, step_rows, max_rows, prefills, sovits_batches, sovits_rows
+        self.seconds = collections.Counter()  # graph time: prefill, step, sampling, sovits, vocoder
         self._threads = [
             threading.Thread(target=self._decode_loop, name="gsv-gpt", daemon=True),
             threading.Thread(target=self._sovits_loop, name="gsv-sovits", daemon=True),
@@ -399,7 +420,10 @@ class VoiceEngine:
         req = r.req
         phones = np.concatenate([self.ref_phones, np.asarray(req.phones, np.int64)])[None]
         bert = np.concatenate([self.ref_bert, np.asarray(req.bert, np.float32)], axis=1)[None]
+        t0 = time.perf_counter()
         logits, k, v = self.gpt.prefill(phones, bert, self.prompts)
+        self.seconds["prefill"] += time.perf_counter() - t0
+        r.handle.admitted_at = time.monotonic()
         n_prompt = self.prompts.shape[1]
         history = np.empty(n_prompt + r.budget, np.int64)
         history[:n_prompt] = self.prompts[0]
@@ -417,10 +441,12 @@ class VoiceEngine:
         gen = np.array([row.generated for row in rows])
         masked = sampling.mask_eos(batch.logits, gen, self.gpt.eos, self.eos_mask_steps)
         reqs = [row.r.req for row in rows]
+        t0 = time.perf_counter()
         tokens, argmax = sampling.sample(
             masked, [row.history[: row.n_prompt + row.generated] for row in rows],
             top_k=[q.top_k for q in reqs], top_p=[q.top_p for q in reqs], temperature=[q.temperature for q in reqs],
             repetition_penalty=[q.repetition_penalty for q in reqs], rng=[row.rng for row in rows])
+        self.seconds["sampling"] += time.perf_counter() - t0
         done = []
         for i, row in enumerate(rows):
             row.history[row.n_prompt + row.generated] = tokens[i]
@@ -437,7 +463,9 @@ class VoiceEngine:
         batch.remove(done)
         self.stats["steps_sampled"] += 1
         if batch.rows:
+            t0 = time.perf_counter()
             batch.step(tokens[[i for i in range(len(rows)) if i not in set(done)]])
+            self.seconds["step"] += time.perf_counter() - t0
             self.stats["steps"] += 1
             self.stats["step_rows"] += len(batch.rows)
             self.stats["max_rows"] = max(self.stats["max_rows"], len(batch.rows))
@@ -535,10 +563,14 @@ class VoiceEngine:
             piece = j.r.noise[:, f0: f0 + latent_frames(j.codes.size, speed)]
             noise[row, :, : piece.shape[1]] = piece
         ge = np.repeat(self.ge, b, axis=0)
+        t0 = time.perf_counter()
         lat = self.sovits.run(codes=codes, code_lengths=np.array([j.codes.size for j in jobs], np.int64),
                               phones=phones, phone_lengths=np.array([len(j.r.req.phones) for j in jobs], np.int64),
                               ge=ge, noise=noise, speed=np.array([speed], np.float32))
+        t1 = time.perf_counter()
         wav = self.vocoder.run(latent=lat["latent"], ge=ge)["wav"]
+        self.seconds["sovits"] += t1 - t0
+        self.seconds["vocoder"] += time.perf_counter() - t1
         self.stats["sovits_batches"] += 1
         self.stats["sovits_rows"] += b
         for row, (i, j) in enumerate(zip(todo, jobs)):
@@ -592,6 +624,10 @@ class VoiceEngine:
             r, chunk = item
             if r.final_sent:
                 continue
+            if r.handle.first_audio_at is None and chunk.audio.size:
+                r.handle.first_audio_at = time.monotonic()
+            if chunk.final:
+                r.handle.done_at = time.monotonic()
             try:
                 r.emit(chunk)
             except Exception:
