@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,17 +54,6 @@ def log(msg: str) -> None:
 
 def pct(values, q: float) -> float | None:
     return float(np.percentile(np.asarray(values, float), q)) if len(values) else None
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def machine() -> dict:
@@ -108,6 +96,8 @@ def prepare(cache: Path, size: str, int8: bool) -> dict:
         cli(["demo-voice", str(demo), "--size", size])
     common = ["--gpt", str(demo / "gpt.ckpt"), "--sovits", str(demo / "sovits.pth"), "--ref-audio",
               str(demo / "ref.wav"), "--ref-text", REF_TEXT, "--ref-lang", "zh", "--repo", str(repo), "--no-progress"]
+    for voice in ("demo", "demo8"):
+        _drop_stale(repo, voice)
     if not layout.version_numbers(layout.voice_dir(repo, "demo")):
         log("exporting voice demo (fp32)")
         cli(["export", *common, "--voice", "demo", "--hubert", str(demo / "chinese-hubert-base"),
@@ -128,6 +118,24 @@ def prepare(cache: Path, size: str, int8: bool) -> dict:
         if int8_error is None:
             voices["int8"] = "demo8"
     return {"demo": demo, "repo": repo, "voices": voices, "int8_error": int8_error}
+
+
+def _drop_stale(repo: Path, voice: str) -> None:
+    """Remove a cached export whose decode-step graph this code can no longer serve (older format)."""
+    import onnx
+
+    from python_backend import layout
+    from python_backend.gpt_runner import STEP_FORMAT
+
+    vdir = layout.voice_dir(repo, voice)
+    for v in layout.version_numbers(vdir):
+        step = vdir / str(v) / "gpt_step.onnx"
+        meta = {p.key: p.value for p in onnx.load(str(step), load_external_data=False).metadata_props} \
+            if step.is_file() else {}
+        if meta.get("step_format") != STEP_FORMAT:
+            log(f"cached export {vdir.name}/{v} has decode-step format {meta.get('step_format', '1')!r}; re-exporting")
+            shutil.rmtree(vdir)
+            return
 
 
 def link_copy(src: Path, dst: Path) -> None:
@@ -331,7 +339,7 @@ def swap_impact(repo: Path, url: str, server_pid: int, tokens: int, concurrency:
     vdir = layout.voice_dir(repo, "demo")
     old = layout.version_numbers(vdir)[-1]
     mem_before = stub_rss(server_pid, "demo")
-    new = swap.next_free_version(repo, "demo")
+    new = layout.next_version(repo, "demo")
     # a second exported version folder, dropped in beside the old one (hard links; own manifest)
     staging = repo.parent / f"swap-staging-{new}"
     if staging.exists():
@@ -658,9 +666,34 @@ def write_reports(res: dict, out: Path) -> None:
     if i8:
         readme += [f"With `--int8-decode`: single-stream RTF {fmt(i8['single_stream_rtf'], 3)}, throughput at "
                    f"concurrency 8 {fmt(res.get('throughput_c8_int8'))} audio s / s.", ""]
+    fp = prof.get("fp32") or {}
+    if fp:
+        readme += [f"Where the time goes (exported graphs in-process, same machine): GPT prefill "
+                   f"{fmt(fp.get('prefill_ms'), 0)} ms; decode step {fmt(fp.get('gpt_step_ms_b1'), 1)} ms at batch 1, "
+                   f"{fmt(fp.get('gpt_step_ms_b8'), 1)} ms at batch 8 ({fmt(fp.get('gpt_tokens_per_s_b8'), 0)} tokens/s); "
+                   f"per 10 s of audio SoVITS {fmt(fp.get('sovits_ms_per_10s'), 0)} ms and vocoder "
+                   f"{fmt(fp.get('vocoder_ms_per_10s'), 0)} ms.", ""]
+    readme += ["Targets (2-core CI-class machine, full-size voice, 10 s requests):", ""]
+    readme += [f"- {k}: {v}" for k, v in res["targets"].items()] + [""]
     readme += ["Plots: `bench/results/latency_vs_concurrency.png`, `bench/results/throughput_vs_concurrency.png`; "
                "all figures: `bench/results/latest.md`, `bench/results/latest.json`.", ""]
     (out / "README_perf.md").write_text("\n".join(readme))
+
+
+README_START, README_END = "<!-- perf:start (written by python -m bench.run) -->", "<!-- perf:end -->"
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the README's performance section (between the perf markers) with ``section``;
+    without markers, append it with them."""
+    text = readme.read_text()
+    block = f"{README_START}\n{section.rstrip()}\n{README_END}"
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        text = head + block + rest.split(README_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    readme.write_text(text)
 
 
 def plots(res: dict, out: Path) -> list[str]:
@@ -710,7 +743,7 @@ def plots(res: dict, out: Path) -> list[str]:
 def triton_part(args, res: dict, prep: dict, levels: list[int], skip: set, cache: Path) -> None:
     """Everything measured against a running tritonserver (its own, with GSV_BENCH_IGNORE_EOS=1)."""
     before = list(os.getloadavg())
-    from export.server import TritonProcess
+    from export.server import TritonProcess, free_ports
 
     run_repo = cache / "run-repo"
     link_copy(prep["repo"], run_repo)
@@ -763,7 +796,13 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", type=Path, help="an earlier latest.json: take its parts instead of measuring them again")
     p.add_argument("--redo", default="", help="with --reuse: comma list of parts to measure again: baseline,triton,profile")
     p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile")
+    p.add_argument("--readme", help="README whose performance section to rewrite (default: the "
+                   "project README when --out is bench/results; pass --readme '' for none)")
     args = p.parse_args(argv)
+    if args.readme is None:
+        args.readme = ROOT / "README.md" if args.out.resolve() == HERE / "results" else None
+    else:
+        args.readme = Path(args.readme) if args.readme else None
     skip = set(filter(None, args.skip.split(",")))
     levels = [int(c) for c in args.concurrency.split(",")]
     out = args.out.resolve()
@@ -847,6 +886,9 @@ def main(argv=None) -> int:
     (out / "latest.json").write_text(json.dumps(res, ensure_ascii=False, indent=1, default=str))
     if res["baseline"]:
         write_reports(res, out)
+        if args.readme:
+            update_readme(args.readme, (out / "README_perf.md").read_text())
+            log(f"performance section of {args.readme} updated")
     log(f"done in {res['bench_wall_s']:.0f} s: {out / 'latest.json'}")
     for k, v in res["targets"].items():
         log(f"  {k}: {v}")

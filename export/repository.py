@@ -62,17 +62,6 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def next_version(repo: Path, voice: str) -> int:
-    """One past the highest version ever used, counting quarantined and retired ones, so numbers never repeat."""
-    used = layout.version_numbers(layout.voice_dir(repo, voice))
-    prefix = layout.voice_model(voice) + "."
-    for root in (layout.quarantine_root(repo), layout.retired_root(repo)):
-        if root.is_dir():
-            used += [int(p.name[len(prefix):].split(".")[0]) for p in root.iterdir()
-                     if p.name.startswith(prefix) and p.name[len(prefix):].split(".")[0].isdigit()]
-    return max(used, default=0) + 1
-
-
 class StagedVersion:
     """A version folder being written; ``publish`` moves it into the repository in one rename.
 
@@ -88,7 +77,7 @@ class StagedVersion:
             raise InputError(f"{self.repo}: model repository folder does not exist; create it first (mkdir -p)")
         model_dir = self.repo / model_name if model_name else layout.voice_dir(self.repo, voice)
         if version is None:
-            version = next_version(self.repo, voice) if not model_name else max(layout.version_numbers(model_dir), default=0) + 1
+            version = layout.next_version(self.repo, voice) if not model_name else max(layout.version_numbers(model_dir), default=0) + 1
         self.version = version
         if self.version < 1:
             raise InputError(f"--version {self.version}: versions are positive integers")

@@ -37,6 +37,7 @@ This module must not import torch: ``gsv-triton serve`` and the tests import it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import importlib.metadata
@@ -182,6 +183,18 @@ PYTHON_BACKEND_CONFIG = (
     "--backend-config=python,shm-default-byte-size=16777216",
     "--backend-config=python,shm-growth-byte-size=16777216",
 )
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGINT/SIGTERM set the yielded Event instead of interrupting; the previous handlers come back on exit."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def free_ports(count: int = 3) -> list[int]:
@@ -398,16 +411,11 @@ class TritonProcess:
 
     def serve_until_signal(self, stop_timeout: float | None = None) -> int:
         """Block until SIGINT/SIGTERM (forwarded to tritonserver as a clean stop) or until it exits."""
-        got = threading.Event()
-        previous = {s: signal.signal(s, lambda *_: got.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with stop_signals() as got:
             while not got.wait(0.5):
                 code = self.poll()
                 if code is not None:
                     return code or 1
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
         code = self.stop(stop_timeout)
         return 0 if code in (0, -signal.SIGTERM) else code
 
@@ -484,8 +492,11 @@ def cmd_serve(args) -> int:
     except ServerError as exc:
         print(f"gsv-triton: error: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    with stop_signals() as stop:
+        return _start_and_serve(server, args, stop)
+
+
+def _start_and_serve(server: "TritonProcess", args, stop: threading.Event) -> int:
     try:
         server.start()
         print(f"gsv-triton: starting tritonserver (pid {server.pid}) on {args.repo}, models: "
@@ -499,9 +510,6 @@ def cmd_serve(args) -> int:
         server.stop()
         print(f"gsv-triton: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     print(f"gsv-triton: ready  HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}",
           flush=True)
     code = server.serve_until_signal()

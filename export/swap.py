@@ -7,7 +7,7 @@ The repository records what every replica must serve, so any replica can converg
 - during a canary, the voice's config.pbtxt has ``specific { versions: [A, C] }`` and
   ``.gsv/routing.json`` says which share of requests goes to C (``python_backend.routing``);
 - refused versions live in ``.gsv/quarantine/``, rolled-back ones in ``.gsv/retired/``, both as
-  ``voice_<NAME>.<N>.<timestamp>/``; version numbers are never reused (``next_free_version``).
+  ``voice_<NAME>.<N>.<timestamp>/``; version numbers are never reused (``layout.next_version``).
 
 Every change is: change the repository (atomic renames / rewrites), then ``load_model`` of the
 voice over gRPC on one Triton (which loads the new set of versions beside the old ones and
@@ -94,30 +94,12 @@ def served_versions(repo: Path, voice: str) -> list[int]:
     return present[-1:]
 
 
-def _parked(root: Path, voice: str) -> dict[int, list[Path]]:
-    """Versions of ``voice`` parked under ``root`` (quarantine or retired): number -> folders."""
-    out: dict[int, list[Path]] = {}
-    prefix = layout.voice_model(voice) + "."
-    if root.is_dir():
-        for p in sorted(root.iterdir()):
-            head = p.name[len(prefix):].split(".")[0] if p.name.startswith(prefix) else ""
-            if head.isdigit():
-                out.setdefault(int(head), []).append(p)
-    return out
-
-
 def quarantined_versions(repo: Path, voice: str) -> dict[int, list[Path]]:
-    return _parked(layout.quarantine_root(repo), voice)
+    return layout.parked_versions(layout.quarantine_root(repo), voice)
 
 
 def retired_versions(repo: Path, voice: str) -> dict[int, list[Path]]:
-    return _parked(layout.retired_root(repo), voice)
-
-
-def next_free_version(repo: Path, voice: str) -> int:
-    """One past every number ever used (present, quarantined, retired): numbers never repeat."""
-    used = present_versions(repo, voice) + list(quarantined_versions(repo, voice)) + list(retired_versions(repo, voice))
-    return max(used, default=0) + 1
+    return layout.parked_versions(layout.retired_root(repo), voice)
 
 
 def _park(repo: Path, voice: str, version: int, root: Path) -> Path:
@@ -328,7 +310,7 @@ def publish(opts, url: str, redis_url: str | None = None, origin: str | None = N
     if opts.voice in read_table(opts.repo):
         raise SwapError(f"voice {opts.voice} has a canary running; promote it or roll it back before publishing")
     if opts.version is None:
-        opts.version = next_free_version(opts.repo, opts.voice)
+        opts.version = layout.next_version(opts.repo, opts.voice)
     with _background_priority():
         target = export_voice(opts)
     return activate(opts.repo, opts.voice, int(target.name), url, redis_url, origin)

@@ -67,6 +67,28 @@ def version_numbers(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
 
 
+def parked_versions(root: Path, name: str) -> dict[int, list[Path]]:
+    """Versions of voice ``name`` parked under ``root`` (quarantine or retired) as
+    ``voice_<NAME>.<N>.<stamp>`` folders: number -> folders (a number can be parked twice)."""
+    out: dict[int, list[Path]] = {}
+    prefix = voice_model(name) + "."
+    if Path(root).is_dir():
+        for p in sorted(Path(root).iterdir()):
+            head = p.name[len(prefix):].split(".")[0] if p.name.startswith(prefix) else ""
+            if head.isdigit():
+                out.setdefault(int(head), []).append(p)
+    return out
+
+
+def next_version(repo: Path, name: str) -> int:
+    """One past every version number ever used by voice ``name`` (present, quarantined,
+    retired), so a number never names two different versions."""
+    used = version_numbers(voice_dir(repo, name))
+    for root in (quarantine_root(repo), retired_root(repo)):
+        used += list(parked_versions(root, name))
+    return max(used, default=0) + 1
+
+
 def voices(repo: Path) -> list[str]:
     repo = Path(repo)
     if not repo.is_dir():

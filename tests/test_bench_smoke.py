@@ -29,10 +29,16 @@ def test_bench_smoke_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.delenv("GSV_BENCH_IGNORE_EOS", raising=False)
     out = tmp_path / "results"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{run.README_START}\nold figures\n{run.README_END}\n\n## After\n")
     code = run.main(["--size", "tiny", "--out", str(out), "--cache", str(run.HERE / ".cache" / "tiny"),
                      "--tokens", "20", "--concurrency", "1,2", "--per-client", "1", "--int8-concurrency", "1",
-                     "--pa-concurrency", "1:2:1", "--pa-requests", "2", "--swap-concurrency", "2"])
+                     "--pa-concurrency", "1:2:1", "--pa-requests", "2", "--swap-concurrency", "2",
+                     "--readme", str(readme)])
     assert code == 0
+    text = readme.read_text()  # the section between the markers is regenerated, the rest kept
+    assert "old figures" not in text and "## Performance" in text and text.endswith("## After\n")
+    assert (out / "README_perf.md").read_text().strip() in text
     res = json.loads((out / "latest.json").read_text())
     for key in ("single_stream_rtf", "baseline_single_stream_rtf", "throughput_c8", "baseline_throughput_c8",
                 "swap_p99_ratio", "machine", "baseline", "triton", "swap", "perf_analyzer", "profile", "targets"):

@@ -253,7 +253,7 @@ def test_export_refuses_checkpoints_that_make_silence(tiny_voice, tmp_path, caps
 
 
 def test_next_version_never_reuses_quarantined_or_retired_numbers(tmp_path):
-    from export.repository import next_version
+    from python_backend.layout import next_version
 
     (layout.voice_dir(tmp_path, "a") / "1").mkdir(parents=True)
     layout.quarantine_root(tmp_path).mkdir(parents=True)

@@ -23,8 +23,8 @@ from onnx import numpy_helper
 from python_backend import history, layout, validation
 from python_backend.manifest import MANIFEST_FILE
 from tests.triton_fixtures import require_tritonserver, start_server
+from tests.voices import demo_voice, export_voice
 
-REF_TEXT = "你好，欢迎使用语音合成服务。"
 TEXT = "今天天气很好。"
 FIXED = {"TOP_K": 1, "SEED": 7, "MAX_TOKENS": 20}
 SR = 32000
@@ -80,13 +80,8 @@ def test_check_audio_duration_bounds():
 # --------------------------------------------------------------------------- repository
 
 
-def _export(cli, src: Path, repo: Path, voice: str, *extra: str, shared: bool = False) -> None:
-    args = ["export", "--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"),
-            "--ref-audio", str(src / "ref.wav"), "--ref-text", REF_TEXT, "--ref-lang", "zh",
-            "--voice", voice, "--repo", str(repo), "--no-progress", *extra]
-    if shared:
-        args += ["--hubert", str(src / "chinese-hubert-base"), "--bert", str(src / "chinese-roberta-wwm-ext-large")]
-    assert cli.main(args) == 0
+def _export(src: Path, repo: Path, voice: str, *extra: str, shared: bool = False) -> None:
+    export_voice(src, repo, voice, *extra, aux=src if shared else None)
 
 
 def _stash(repo: Path, voice: str, version: int, to: Path) -> Path:
@@ -105,17 +100,17 @@ def built(tmp_path_factory):
     require_tritonserver()
     import torch
 
-    from export import cli, demo
+    from export import demo
 
     root = tmp_path_factory.mktemp("swap")
     repo, stash = root / "repo", root / "stash"
     repo.mkdir()
     stash.mkdir()
     a, b = root / "a", root / "b"
-    assert cli.main(["demo-voice", str(a), "--size", "tiny", "--seed", "3"]) == 0
-    assert cli.main(["demo-voice", str(b), "--size", "tiny", "--seed", "4"]) == 0
-    _export(cli, a, repo, "a", shared=True)
-    _export(cli, b, repo, "a", "--version", "2")
+    demo_voice(a, 3)
+    demo_voice(b, 4)
+    _export(a, repo, "a", shared=True)
+    _export(b, repo, "a", "--version", "2")
     _stash(repo, "a", 2, stash / "good")
     # silent vocoder: the same demo sovits with dec.conv_post zeroed (torch agrees: the golden is silent too)
     silent = root / "silent"
@@ -131,7 +126,7 @@ def built(tmp_path_factory):
     real_check = voice_export.check_audio
     voice_export.check_audio = lambda *a, **k: []
     try:
-        _export(cli, silent, repo, "silent")
+        _export(silent, repo, "silent")
     finally:
         voice_export.check_audio = real_check
     _stash(repo, "silent", 1, stash / "silent")
@@ -142,7 +137,7 @@ def built(tmp_path_factory):
     gcfg["model"]["n_layer"] = 3
     torch.save({"weight": demo.random_state(demo.s1_layout(gcfg["model"]), 9), "config": gcfg, "info": "3 layers"},
                arch / "gpt.ckpt")
-    _export(cli, arch, repo, "arch")
+    _export(arch, repo, "arch")
     _stash(repo, "arch", 1, stash / "arch")
     return repo, stash, root
 

@@ -28,8 +28,8 @@ from triton_fixtures import free_ports, require_tritonserver, start_server, wait
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
+from tests.voices import demo_voice, export_voice
 
-REF_TEXT = "你好，欢迎使用语音合成服务。"
 SHARED = ["gsv_bert", "gsv_ssl"]
 VOCAB = 21128
 
@@ -37,14 +37,8 @@ VOCAB = 21128
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     require_tritonserver()
-    from export import cli
-
     out, repo = tmp_path_factory.mktemp("demo"), tmp_path_factory.mktemp("repo")
-    assert cli.main(["demo-voice", str(out), "--size", "tiny", "--seed", "3"]) == 0
-    assert cli.main(["export", "--gpt", f"{out}/gpt.ckpt", "--sovits", f"{out}/sovits.pth", "--ref-audio", f"{out}/ref.wav",
-                     "--ref-text", REF_TEXT, "--ref-lang", "zh", "--hubert", f"{out}/chinese-hubert-base",
-                     "--bert", f"{out}/chinese-roberta-wwm-ext-large", "--voice", "demo", "--repo", str(repo),
-                     "--no-progress"]) == 0
+    export_voice(demo_voice(out, 3), repo, "demo", aux=out)
     assert (repo / ".gsv").is_dir()  # the state folder the server must never treat as a model
     return repo
 

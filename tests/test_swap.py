@@ -29,10 +29,10 @@ from export import server as srv
 from export.client import synthesize
 from python_backend import history, layout
 from tests.triton_fixtures import free_ports, require_tritonserver, start_server
+from tests.voices import demo_voice, export_args, export_voice
 
 pytestmark = pytest.mark.integration
 VOICE = "demo"
-REF_TEXT = "你好，欢迎使用语音合成服务。"
 TEXT = "今天天气很好。"
 FIXED = {"TOP_K": 1, "SEED": 7, "MAX_TOKENS": 8}
 
@@ -74,15 +74,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("swap")
     src, repo = root / "src", root / "repo"
     repo.mkdir()
-    assert cli.main(["demo-voice", str(src), "--size", "tiny", "--seed", "3"]) == 0
-    assert cli.main(["export", *export_args(src, repo), "--hubert", str(src / "chinese-hubert-base"),
-                     "--bert", str(src / "chinese-roberta-wwm-ext-large")]) == 0
+    export_voice(demo_voice(src, 3), repo, VOICE, aux=src)
     return {"root": root, "src": src, "repo": repo}
-
-
-def export_args(src: Path, repo: Path) -> list[str]:
-    return ["--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"), "--ref-audio", str(src / "ref.wav"),
-            "--ref-text", REF_TEXT, "--ref-lang", "zh", "--voice", VOICE, "--repo", str(repo), "--no-progress"]
 
 
 @dataclass
@@ -268,7 +261,7 @@ def test_publish_switches_new_requests_with_no_failed_request(world, replicas, r
 
     monkeypatch.setattr(voice_export, "export_voice", export_then_load)
     try:
-        code = cli.main(["publish", *export_args(world["src"], world["repo"]), "--label", "second",
+        code = cli.main(["publish", *export_args(world["src"], world["repo"], VOICE), "--label", "second",
                          "--url", r1.grpc, "--redis", redis_url])
         published_at[0] = time.monotonic()
         time.sleep(3)  # keep the load on after the swap
@@ -307,7 +300,7 @@ def test_bad_publish_is_refused_and_the_old_version_keeps_serving(world, replica
 
     repo = world["repo"]
     monkeypatch.setattr(voice_export, "export_voice", lambda opts: add_version_copy(repo, 2, opts.version, broken=True))
-    code = cli.main(["publish", *export_args(world["src"], repo), "--url", replicas[0].grpc, "--redis", redis_url])
+    code = cli.main(["publish", *export_args(world["src"], repo, VOICE), "--url", replicas[0].grpc, "--redis", redis_url])
     assert code != 0
     assert "refused" in capsys.readouterr().err
     assert swap.present_versions(repo, VOICE) == [1, 2]  # the bad version left the model folder
@@ -332,7 +325,7 @@ def test_rollback_serves_the_earlier_version(world, replicas, redis_url):
 
 def test_canary_splits_requests_and_promote_moves_all(world, replicas, redis_url):
     repo = world["repo"]
-    candidate = swap.next_free_version(repo, VOICE)
+    candidate = layout.next_version(repo, VOICE)
     assert candidate == 4  # numbers are never reused: 2 is retired, 3 quarantined
     add_version_copy(repo, 1, candidate)
     assert cli.main(["canary", VOICE, "--version", str(candidate), "--weight", "0.5", "--repo", str(repo),

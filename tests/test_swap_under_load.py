@@ -21,26 +21,22 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from export import cli, swap
+from export import swap
 from export.client import _inputs, synthesize
 from python_backend import layout
 from tests.triton_fixtures import require_tritonserver, start_server
+from tests.voices import demo_voice, export_voice
 
 pytestmark = pytest.mark.integration
 HEAVY = os.environ.get("GSV_HEAVY") == "1"
 SWAPS = 60 if HEAVY else 20
 MAX_TOKENS = 40 if HEAVY else 16
 TEXT = "今天天气很好。我们去公园。"
-REF_TEXT = "你好，欢迎使用语音合成服务。"
 PLAN = ("good", "bad", "good", "rollback")
 
 
 def _export(src: Path, repo: Path, voice: str, version: int, aux: Path) -> Path:
-    assert cli.main(["export", "--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"),
-                     "--ref-audio", str(src / "ref.wav"), "--ref-text", REF_TEXT, "--ref-lang", "zh",
-                     "--hubert", str(aux / "chinese-hubert-base"), "--bert", str(aux / "chinese-roberta-wwm-ext-large"),
-                     "--voice", voice, "--repo", str(repo), "--version", str(version), "--no-progress"]) == 0
-    return layout.voice_dir(repo, voice) / str(version)
+    return export_voice(src, repo, voice, "--version", str(version), aux=aux)
 
 
 def place(candidate: Path, repo: Path, voice: str, version: int) -> Path:
@@ -65,8 +61,7 @@ def setup(tmp_path_factory):
     sources = []
     for seed in (3, 4, 5):
         src = root / f"src{seed}"
-        assert cli.main(["demo-voice", str(src), "--size", "tiny", "--seed", str(seed)]) == 0
-        sources.append(src)
+        sources.append(demo_voice(src, seed))
     _export(sources[0], repo, "a", 1, sources[0])
     goods = [_export(src, scratch, "a", i + 1, sources[0]) for i, src in enumerate(sources)]
     bad = root / "bad"
@@ -174,7 +169,7 @@ def test_twenty_swaps_under_load(setup):
                 outcome = swap.rollback(repo, "a", url)
                 new = outcome.version
             else:
-                version = swap.next_free_version(repo, "a")
+                version = layout.next_version(repo, "a")
                 place(goods[i % len(goods)] if kind == "good" else bad, repo, "a", version)
                 if kind == "bad":
                     with pytest.raises(swap.Refused):

@@ -17,13 +17,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export import cli
 from export.client import ClientError, stream, synthesize
 from tests.triton_fixtures import require_tritonserver, start_server
+from tests.voices import demo_voice, export_voice
 
 pytestmark = pytest.mark.integration
 VOICES = ("alpha", "beta")
-REF_TEXT = "你好，欢迎使用语音合成服务。"
 TEXT = "今天天气很好。我们去公园散步吧！"
 FIXED = {"TOP_K": 1, "SEED": 7, "MAX_TOKENS": 30}
 
@@ -36,11 +35,7 @@ def server(tmp_path_factory):
     repo.mkdir()
     for seed, voice in enumerate(VOICES, start=3):
         src = root / voice
-        assert cli.main(["demo-voice", str(src), "--size", "tiny", "--seed", str(seed)]) == 0
-        assert cli.main(["export", "--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"),
-                         "--ref-audio", str(src / "ref.wav"), "--ref-text", REF_TEXT, "--ref-lang", "zh",
-                         "--hubert", str(src / "chinese-hubert-base"), "--bert", str(src / "chinese-roberta-wwm-ext-large"),
-                         "--voice", voice, "--repo", str(repo), "--no-progress"]) == 0
+        export_voice(demo_voice(src, seed), repo, voice, aux=src)
     proc = start_server(repo, log_dir=root)
     yield proc
     proc.stop()

@@ -14,6 +14,7 @@ import pytest
 from python_backend.gpt_runner import GPTRunner
 from python_backend.onnx_stage import OnnxStage
 from python_backend.voice_engine import (
+from tests.voices import demo_voice, export_voice
     FINISH_BUDGET, FINISH_CANCELLED, FINISH_ERROR, AudioChunk, EngineClosed, RequestError, SynthesisRequest,
     VoiceEngine, latent_frames, request_noise, token_budget,
 )
@@ -23,15 +24,9 @@ AUDIO_ATOL = 1e-3
 
 @pytest.fixture(scope="module")
 def version_dir(tmp_path_factory):
-    from export import cli
-
     out = tmp_path_factory.mktemp("demo")
     repo = tmp_path_factory.mktemp("repo")
-    cli.main(["demo-voice", str(out), "--size", "tiny", "--seed", "3"])
-    cli.main(["export", "--gpt", f"{out}/gpt.ckpt", "--sovits", f"{out}/sovits.pth", "--ref-audio", f"{out}/ref.wav",
-              "--ref-text", "你好，欢迎使用语音合成服务。", "--ref-lang", "zh", "--hubert", f"{out}/chinese-hubert-base",
-              "--bert", f"{out}/chinese-roberta-wwm-ext-large", "--voice", "demo", "--repo", str(repo), "--no-progress"])
-    return repo / "voice_demo" / "1"
+    return export_voice(demo_voice(out, 3), repo, "demo", aux=out)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,32 @@
+"""Tiny random-weight demo voices and their exports, for tests: one place for the export arguments."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from export import cli
+from python_backend import layout
+
+REF_TEXT = "你好，欢迎使用语音合成服务。"
+
+
+def demo_voice(dst: Path, seed: int = 3) -> Path:
+    """A tiny official-format demo voice (checkpoints, reference clip, random HuBERT/BERT) in ``dst``."""
+    assert cli.main(["demo-voice", str(dst), "--size", "tiny", "--seed", str(seed)]) == 0
+    return Path(dst)
+
+
+def export_args(src: Path, repo: Path, voice: str, *extra: str, aux: Path | None = None) -> list[str]:
+    """Arguments of ``export``/``publish`` for demo voice ``src``; ``aux``: the demo folder whose
+    HuBERT/BERT to install as the shared models (None: the repository has them already)."""
+    args = ["--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"), "--ref-audio", str(src / "ref.wav"),
+            "--ref-text", REF_TEXT, "--ref-lang", "zh", "--voice", voice, "--repo", str(repo), "--no-progress", *extra]
+    if aux is not None:
+        args += ["--hubert", str(aux / "chinese-hubert-base"), "--bert", str(aux / "chinese-roberta-wwm-ext-large")]
+    return args
+
+
+def export_voice(src: Path, repo: Path, voice: str, *extra: str, aux: Path | None = None) -> Path:
+    """Export and return the newest version folder of ``voice``."""
+    assert cli.main(["export", *export_args(src, repo, voice, *extra, aux=aux)]) == 0
+    vdir = layout.voice_dir(repo, voice)
+    return vdir / str(layout.version_numbers(vdir)[-1])
