@@ -56,6 +56,55 @@ def pct(values, q: float) -> float | None:
     return float(np.percentile(np.asarray(values, float), q)) if len(values) else None
 
 
+def _own_cpu_ticks() -> int:
+    """CPU ticks used by this process and every descendant (live ones directly; finished ones
+    through their parents' cutime/cstime once reaped): the work this benchmark caused."""
+    me = os.getpid()
+    stats: dict[int, tuple[int, list[str]]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(p.name)] = (int(fields[1]), fields)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [me]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            f = stats[pid][1]
+            total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat."""
+    cpu = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = cpu[3] + (cpu[4] if len(cpu) > 4 else 0)
+    return sum(cpu[:8]) - idle, sum(cpu[:8])
+
+
+class ForeignLoad:
+    """Share of the machine's CPU used by processes outside this benchmark during a part.
+
+    Load averages cannot tell the benchmark's own server from other work; this can: machine
+    busy ticks minus the ticks of this process tree, over the part's wall time.
+    """
+
+    def __init__(self):
+        self.start = (_busy_ticks(), _own_cpu_ticks())
+
+    def share(self) -> float:
+        (busy0, total0), own0 = self.start
+        (busy1, total1), own1 = _busy_ticks(), _own_cpu_ticks()
+        span = max(1, total1 - total0)
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / span
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -549,20 +598,26 @@ def fmt(x, digits=2):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+FOREIGN_LIMIT = 0.05  # other processes may use up to 5% of the machine before a part counts as contended
+
+
 def _contended(res: dict) -> str:
-    """A warning when other work loaded the machine (1-min load average above the core count) during a part."""
-    cores = res["machine"].get("cores") or 1
-    parts = {"baseline": (res.get("baseline") or {}).get("loadavg_before_after"),
-             "Triton": res.get("triton_loadavg_before_after")}
-    hot = {k: v for k, v in parts.items() if v and max(v[0][0], v[1][0]) > cores}
+    """A warning when processes outside the benchmark used more than FOREIGN_LIMIT of the CPU during a part."""
+    parts = {"baseline": (res.get("baseline") or {}).get("foreign_cpu_share"),
+             "Triton": res.get("triton_foreign_cpu_share")}
+    hot = {k: v for k, v in parts.items() if v is not None and v > FOREIGN_LIMIT}
     if not hot:
         return ""
     base = (res.get("baseline") or {}).get("per_text") or {}
     best = min((x["rtf"] for x in base.values() if x.get("audio_s", 0) >= 9.9), default=None)
-    return ("other work was running on this machine during " + ", ".join(f"{k} (load {_la(v)} on {cores} cores)"
+    return ("other work used the machine during " + ", ".join(f"{k} ({100 * v:.0f}% of its CPU)"
             for k, v in hot.items()) + "; figures measured under that load are slower than on an idle machine and "
             "ratios between parts measured at different times are unreliable."
             + (f" The least-contended baseline 10 s request ran at RTF {best:.2f}." if best else ""))
+
+
+def _share(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
 
 
 def _la(pair) -> str:
@@ -576,8 +631,10 @@ def write_reports(res: dict, out: Path) -> None:
     lines = [f"# gsv-triton benchmark ({res['size']} voice, {res['tokens']} tokens = "
              f"{res['tokens'] * 0.04:.0f} s of audio per sentence)", "",
              f"Machine: {mach}. Generated {res['generated_at']} by `{res['command']}`.", "",
-             f"Load average (1 min) before/after each part, other work on the machine included: baseline "
-             f"{_la(base.get('loadavg_before_after'))}, Triton {_la(res.get('triton_loadavg_before_after'))}"
+             f"CPU used by processes outside the benchmark during each part: baseline "
+             f"{_share(base.get('foreign_cpu_share'))}, Triton {_share(res.get('triton_foreign_cpu_share'))}"
+             f" (1-min load average, the benchmark's own work included: baseline "
+             f"{_la(base.get('loadavg_before_after'))}, Triton {_la(res.get('triton_loadavg_before_after'))})"
              + (f"; parts {', '.join(res['reused_from']['parts'])} reused from the run of "
                 f"{res['reused_from']['generated_at']}" if res.get("reused_from") else "") + ".", "",
              "| metric | baseline (eager torch, batch 1) | Triton fp32 | Triton / baseline |"
@@ -620,7 +677,8 @@ def write_reports(res: dict, out: Path) -> None:
                   f"{fmt(sw['swap_window']['p99_s'])} s ({sw['swap_window']['requests']} requests, "
                   f"{sw['swap_window']['errors']} errors) → ratio {fmt(sw['swap_p99_ratio'])}",
                   f"- load_model (activate) took {fmt(sw['activate_s'])} s; first response from version "
-                  f"{sw['new_version']} {fmt(sw['load_to_first_new_response_s'])} s after load_model",
+                  f"{sw['new_version']} {fmt(sw['load_to_first_new_response_s'])} s after load_model (the load, "
+                  "then one whole non-streaming request of 10 s audio sent after the switch, at this load)",
                   f"- memory per loaded voice (stub RSS): {fmt(sw['memory_per_voice_mb'], 0)} MiB; both versions "
                   f"loaded: {json.dumps(sw['stub_rss_mb_both_loaded'])}", ""]
     pa = res.get("perf_analyzer") or {}
@@ -742,7 +800,7 @@ def plots(res: dict, out: Path) -> list[str]:
 # ----------------------------------------------------------------------------- main
 def triton_part(args, res: dict, prep: dict, levels: list[int], skip: set, cache: Path) -> None:
     """Everything measured against a running tritonserver (its own, with GSV_BENCH_IGNORE_EOS=1)."""
-    before = list(os.getloadavg())
+    before, foreign = list(os.getloadavg()), ForeignLoad()
     from export.server import TritonProcess, free_ports
 
     run_repo = cache / "run-repo"
@@ -776,6 +834,7 @@ def triton_part(args, res: dict, prep: dict, levels: list[int], skip: set, cache
         res["server_log_voice_lines"] = [ln for ln in server_log.read_text(errors="replace").splitlines()
                                          if "BENCHMARK MODE" in ln][:4]
     res["triton_loadavg_before_after"] = [before, list(os.getloadavg())]
+    res["triton_foreign_cpu_share"] = foreign.share()
 
 
 def main(argv=None) -> int:
@@ -785,7 +844,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, help="demo voice + export cache (default bench/.cache/<size>)")
     p.add_argument("--tokens", type=int, default=250, help="tokens per sentence (250 = 10 s)")
     p.add_argument("--concurrency", default="1,2,4,8,16")
-    p.add_argument("--per-client", type=int, default=2, help="requests per client at each concurrency level")
+    p.add_argument("--per-client", type=int, default=3, help="requests per client at each concurrency level")
     p.add_argument("--repeats", type=int, default=1, help="single-stream repeats per text (both pipelines)")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                    help="also export and measure an --int8-decode voice (demo8)")
@@ -823,16 +882,17 @@ def main(argv=None) -> int:
     if reused and "baseline" not in redo:
         res["baseline"] = reused["baseline"]
     elif "baseline" not in skip:
-        before = list(os.getloadavg())
+        before, foreign = list(os.getloadavg()), ForeignLoad()
         res["baseline"] = run_baseline(prep, out, args.tokens, args.repeats)
         res["baseline"]["loadavg_before_after"] = [before, list(os.getloadavg())]
+        res["baseline"]["foreign_cpu_share"] = foreign.share()
     else:
         res["baseline"] = None
     if res["baseline"]:
         log(f"baseline RTF {res['baseline']['single_stream_rtf']:.3f}, GPT {res['baseline']['gpt_tokens_per_s']:.1f} tok/s")
     if reused and "triton" not in redo:
         for key in ("triton", "triton_idle_memory", "stub_rss_mb_idle", "perf_analyzer", "swap", "triton_final_memory",
-                    "server_log_voice_lines", "triton_loadavg_before_after"):
+                    "server_log_voice_lines", "triton_loadavg_before_after", "triton_foreign_cpu_share"):
             if key in reused:
                 res[key] = reused[key]
     else:

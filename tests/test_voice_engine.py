@@ -14,10 +14,10 @@ import pytest
 from python_backend.gpt_runner import GPTRunner
 from python_backend.onnx_stage import OnnxStage
 from python_backend.voice_engine import (
-from tests.voices import demo_voice, export_voice
     FINISH_BUDGET, FINISH_CANCELLED, FINISH_ERROR, AudioChunk, EngineClosed, RequestError, SynthesisRequest,
     VoiceEngine, latent_frames, request_noise, token_budget,
 )
+from tests.voices import demo_voice, export_voice
 
 AUDIO_ATOL = 1e-3
 
