@@ -734,7 +734,9 @@ def write_reports(res: dict, out: Path) -> None:
     readme += ["Targets (2-core CI-class machine, full-size voice, 10 s requests):", ""]
     readme += [f"- {k}: {v}" for k, v in res["targets"].items()] + [""]
     readme += ["Plots: `bench/results/latency_vs_concurrency.png`, `bench/results/throughput_vs_concurrency.png`; "
-               "all figures: `bench/results/latest.md`, `bench/results/latest.json`.", ""]
+               "all figures: `bench/results/latest.md`, `bench/results/latest.json`. Each optimization's measured "
+               "effect, what was tried and not kept, and where the time goes under load: "
+               "`bench/results/optimizations.md`.", ""]
     (out / "README_perf.md").write_text("\n".join(readme))
 
 
