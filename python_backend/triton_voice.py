@@ -1,9 +1,8 @@
 """Triton adapter of a voice version (``voice_<NAME>/<N>/model.py`` imports this).
 
 Thin: tensors in -> ``SynthesisRequest`` per sentence -> ``VoiceEngine``; chunks out through
-the request's response sender. Responses (decoupled): first an "accepted" one (empty AUDIO,
-the serving VOICE_VERSION, empty FINISH_REASON) sent as the request is taken, then the audio
-chunks; the last one carries the FINAL flag.
+the request's response sender. Responses (decoupled): the audio chunks; the last one carries
+the FINAL flag.
 
 Load = validation (``python_backend.validation``): a version that cannot load or fails the
 checks raises from ``initialize``, so Triton fails the load with the reason and the previous
@@ -173,10 +172,10 @@ class TritonPythonModel:
                 self.active[rid] = utterance
         with self.metric_lock:
             self.in_flight.increment(1)
-        # the first response says "accepted" (version, no audio) at once: a BLS caller's
-        # exec() returns only with a first response, and the tts stub serializes exec() calls
-        # (STUB_IPC), so answering late would let one voice request hold every other caller
-        send(sender, self._response(np.zeros(0, np.float32), ""))
+        # No early "accepted" response: it would let the tts stub run its BLS requests truly
+        # concurrently (exec() returns with the first response, under STUB_IPC), which doubled
+        # throughput but crashed the 2.51 tts stub (heap corruption in _PyObject_Malloc) under
+        # high request rates; see bench/results/optimizations.md.
         utterance.handles = [self.engine.submit(req, utterance.emit_for(i)) for i, req in enumerate(engine_requests)]
 
     def _response(self, audio: np.ndarray, finish_reason: str):
