@@ -59,25 +59,13 @@ def pct(values, q: float) -> float | None:
 def _own_cpu_ticks() -> int:
     """CPU ticks used by this process and every descendant (live ones directly; finished ones
     through their parents' cutime/cstime once reaped): the work this benchmark caused."""
-    me = os.getpid()
-    stats: dict[int, tuple[int, list[str]]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(p.name)] = (int(fields[1]), fields)
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0, [me]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            f = stats[pid][1]
-            total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
-        todo.extend(children.get(pid, []))
+    total = 0
+    for pid in process_tree(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return total
 
 
@@ -174,15 +162,17 @@ def _drop_stale(repo: Path, voice: str) -> None:
     import onnx
 
     from python_backend import layout
-    from python_backend.gpt_runner import STEP_FORMAT
+    from python_backend.gpt_runner import GPTGraphError, check_step_format
 
     vdir = layout.voice_dir(repo, voice)
     for v in layout.version_numbers(vdir):
         step = vdir / str(v) / "gpt_step.onnx"
         meta = {p.key: p.value for p in onnx.load(str(step), load_external_data=False).metadata_props} \
             if step.is_file() else {}
-        if meta.get("step_format") != STEP_FORMAT:
-            log(f"cached export {vdir.name}/{v} has decode-step format {meta.get('step_format', '1')!r}; re-exporting")
+        try:
+            check_step_format(meta, str(step))
+        except GPTGraphError as exc:
+            log(f"cached export {vdir.name}/{v} is stale ({exc}); re-exporting")
             shutil.rmtree(vdir)
             return
 
@@ -771,32 +761,30 @@ def plots(res: dict, out: Path) -> list[str]:
             ax.plot(cs, [c[f"{q}_s"] for c in data["concurrency"]], style, label=f"Triton {label} {q}")
     cs = [c["concurrency"] for c in res["triton"]["fp32"]["concurrency"]]
     ax.plot(cs, [base["service_s"] * c for c in cs], ":s", label="baseline (serial) p50≈p99")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("request latency (s)")
-    ax.set_title(f"Latency vs concurrency ({res['tokens'] * 0.04:.0f} s audio/request)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "latency_vs_concurrency.png", dpi=110)
-    plt.close(fig)
-    files.append("latency_vs_concurrency.png")
+    files.append(_save_plot(plt, fig, ax, out / "latency_vs_concurrency.png", "request latency (s)",
+                            f"Latency vs concurrency ({res['tokens'] * 0.04:.0f} s audio/request)"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, data in res["triton"].items():
         ax.plot([c["concurrency"] for c in data["concurrency"]], [c["throughput"] for c in data["concurrency"]],
                 "-o", label=f"Triton {label}")
     ax.plot(cs, [base["throughput"]] * len(cs), ":s", label="baseline (eager torch, serial)")
+    files.append(_save_plot(plt, fig, ax, out / "throughput_vs_concurrency.png", "audio seconds per wall second",
+                            "Throughput vs concurrency"))
+    return files
+
+
+def _save_plot(plt, fig, ax, path: Path, ylabel: str, title: str) -> str:
+    """The axes both plots share (concurrency on a log-2 x axis), written as PNG; returns the file name."""
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("audio seconds per wall second")
-    ax.set_title("Throughput vs concurrency")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "throughput_vs_concurrency.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    files.append("throughput_vs_concurrency.png")
-    return files
+    return path.name
 
 
 # ----------------------------------------------------------------------------- main

@@ -37,9 +37,9 @@ from torch import nn
 from export.checkpoints import Checkpoint
 from export.errors import CheckpointError
 from export.onnx_io import GraphSpec
+from python_backend.gpt_runner import STEP_FORMAT, step_io
 
 MODEL_TYPE = "gpt-sovits-t2s"
-STEP_FORMAT = "2"  # 2: caller-owned per-layer cache buffers (1 was the cat form: in_k_cache -> out_k_cache)
 EOS_MASK_STEPS = 11  # upstream: EOS cannot be sampled in the first 11 decode steps
 LN_EPS = 1e-5
 
@@ -300,10 +300,6 @@ class GPTStep(nn.Module):
         return self.model.step_cached(token, position, attn_mask, past[:n], past[n:])
 
 
-def step_input_names(n_layer: int) -> list[str]:
-    return (["token", "position", "attn_mask"] + [f"past_k_{i}" for i in range(n_layer)]
-            + [f"past_v_{i}" for i in range(n_layer)])
-
 
 PREFILL_NAME = "gpt_prefill"
 STEP_NAME = "gpt_step"
@@ -336,7 +332,7 @@ def gpt_graph_specs(model: GPT, prefill_args: tuple | None = None, step_args: tu
     step_args = step_args if step_args is not None else ex_step
     meta = model.metadata()
     cache_out = {1: "batch", 2: "cache_out"}
-    step_names = step_input_names(model.cfg.n_layer)
+    step_names = list(step_io(model.cfg.n_layer)[0])
     return [
         GraphSpec(
             name=PREFILL_NAME,

@@ -24,7 +24,7 @@ MODEL_TYPE = "gpt-sovits-t2s"
 REQUIRED_METADATA = ("model_type", "n_layer", "n_head", "d_model", "vocab_size", "phone_vocab_size", "eos")
 PREFILL_IO = (("phones", "bert", "prompts"), ("logits", "out_k_cache", "out_v_cache"))
 STEP_OUTPUTS = ("logits", "new_k", "new_v")
-STEP_FORMAT = "2"
+STEP_FORMAT = "2"  # 2: caller-owned per-layer cache buffers (1: the step returned the whole cache)
 
 
 def step_io(n_layer: int) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -104,13 +104,9 @@ class KVCache:
     def _regrow(self, first: int) -> None:
         """Copy columns ``[first, length)`` into fresh buffers with ``spare`` free columns."""
         keep = self.length - first
-        cap = keep + self.spare
         n_layer, batch, n_head, _, head_dim = self.k.shape
-        k = np.zeros((n_layer, batch, n_head, cap, head_dim), np.float32)
-        v = np.zeros_like(k)
-        mask = np.zeros((batch, cap + 1), np.float32)
-        k[:, :, :, :keep] = self.k[:, :, :, first: self.length]
-        v[:, :, :, :keep] = self.v[:, :, :, first: self.length]
-        mask[:, :keep] = self.mask[:, first: self.length]
-        mask[:, cap] = 1.0
-        self.k, self.v, self.mask, self.length = k, v, mask, keep
+        fresh = KVCache.empty(n_layer, batch, n_head, head_dim, keep, self.spare)
+        fresh.k[:, :, :, :keep] = self.k[:, :, :, first: self.length]
+        fresh.v[:, :, :, :keep] = self.v[:, :, :, first: self.length]
+        fresh.mask[:, :keep] = self.mask[:, first: self.length]
+        self.k, self.v, self.mask, self.length = fresh.k, fresh.v, fresh.mask, keep

@@ -18,7 +18,7 @@ from export.errors import CheckpointError
 from export.gpt_model import GPT, GPTConfig, gpt_graph_specs
 from export.onnx_io import export_graph
 from python_backend import sampling
-from python_backend.gpt_runner import GPTGraphError, GPTRunner, check_step_format
+from python_backend.gpt_runner import GPTGraphError, GPTRunner
 from python_backend.kv_cache import KVCache
 from tests.conftest import kit_files
 
@@ -271,11 +271,24 @@ def test_onnx_batched_step_mixed_cache_lengths(kit, stem, runner):
                                runner.step(tokens, positions[1:] + 3, alone[1]), atol=BATCH_ATOL, rtol=0)
 
 
-def test_runner_rejects_cat_form_step_graph():
-    """A voice exported before the caller-owned cache (step_format 1) is refused at open, saying to re-export."""
+@pytest.mark.parametrize("stem", STEMS)
+def test_runner_rejects_cat_form_step_graph(kit, stem, tmp_path):
+    """A version exported before the caller-owned cache (no step_format 2) is refused at open,
+    saying to re-export, instead of failing mid-request."""
+    import onnx
+
+    model, _ = _load(stem)
+    paths = [tmp_path / export_graph(spec, tmp_path, optimize=False).file for spec in gpt_graph_specs(model)]
+    GPTRunner(*paths)  # the current export opens
+    step = onnx.load(str(paths[1]))
+    kept = [(p.key, p.value) for p in step.metadata_props if p.key != "step_format"]
+    del step.metadata_props[:]
+    for key, value in kept:
+        step.metadata_props.add(key=key, value=value)
+    old = tmp_path / "old_step.onnx"
+    onnx.save(step, str(old))
     with pytest.raises(GPTGraphError, match="re-export"):
-        check_step_format({"model_type": "gpt-sovits-t2s"}, "old/gpt_step.onnx")
-    check_step_format({"step_format": "2"}, "new/gpt_step.onnx")
+        GPTRunner(paths[0], old)
 
 
 @pytest.mark.parametrize("stem", STEMS)
