@@ -721,6 +721,12 @@ def write_reports(res: dict, out: Path) -> None:
                    f"{fmt(fp.get('gpt_step_ms_b8'), 1)} ms at batch 8 ({fmt(fp.get('gpt_tokens_per_s_b8'), 0)} tokens/s); "
                    f"per 10 s of audio SoVITS {fmt(fp.get('sovits_ms_per_10s'), 0)} ms and vocoder "
                    f"{fmt(fp.get('vocoder_ms_per_10s'), 0)} ms.", ""]
+    fe = res.get("frontend") or {}
+    if fe:
+        cells = [f"{mode} {v['ms_per_100_chars']:.1f} ms" for mode, v in fe.items()
+                 if isinstance(v, dict) and "ms_per_100_chars" in v]
+        readme += [f"Text front end (upstream's path, G2PW {'on' if fe.get('g2pw') else 'off'}), per 100-character "
+                   f"sentence: {', '.join(cells)}.", ""]
     readme += ["Targets (2-core CI-class machine, full-size voice, 10 s requests):", ""]
     readme += [f"- {k}: {v}" for k, v in res["targets"].items()] + [""]
     readme += ["Plots: `bench/results/latency_vs_concurrency.png`, `bench/results/throughput_vs_concurrency.png`; "
@@ -844,7 +850,7 @@ def main(argv=None) -> int:
     p.add_argument("--pa-requests", type=int, default=3, help="perf_analyzer requests per measurement window")
     p.add_argument("--reuse", type=Path, help="an earlier latest.json: take its parts instead of measuring them again")
     p.add_argument("--redo", default="", help="with --reuse: comma list of parts to measure again: baseline,triton,profile")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile,frontend")
     p.add_argument("--readme", help="README whose performance section to rewrite (default: the "
                    "project README when --out is bench/results; pass --readme '' for none)")
     args = p.parse_args(argv)
@@ -892,6 +898,13 @@ def main(argv=None) -> int:
     elif "profile" not in skip:
         log("profile: exported graphs in-process")
         res["profile"] = {label: profile(prep["repo"], voice, args.tokens) for label, voice in prep["voices"].items()}
+    if "frontend" not in skip:
+        log("text front end: ms per 100-character sentence")
+        from bench import frontend as frontend_bench
+        from python_backend.text.frontend import configure_from_repo
+
+        configure_from_repo(prep["repo"])
+        res["frontend"] = frontend_bench.measure()
 
     # headline keys
     tri, base = res["triton"]["fp32"], res["baseline"] or {}

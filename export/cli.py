@@ -14,7 +14,9 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sovits", type=Path, required=True, help="SoVITS checkpoint (*.pth, stage 2)")
     p.add_argument("--ref-audio", type=Path, required=True, help="reference clip (3-10 s of speech)")
     p.add_argument("--ref-text", required=True, help="transcript of the reference clip")
-    p.add_argument("--ref-lang", default="zh", help="language of the transcript: zh, en or auto")
+    p.add_argument("--ref-lang", default="zh",
+                   help="language mode of the transcript, as upstream: all_zh, zh, en, auto, all_ja, ja, "
+                        "all_ko, ko, all_yue, yue, auto_yue")
     p.add_argument("--voice", required=True, help="voice name (letters, digits, _ and -)")
     p.add_argument("--repo", type=Path, required=True, help="Triton model repository folder")
     p.add_argument("--version", type=int, help="version number (default: next free)")
@@ -22,6 +24,9 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hubert", type=Path, help="local chinese-hubert-base folder (once per repository)")
     p.add_argument("--bert", type=Path, help="local chinese-roberta-wwm-ext-large folder (once per repository)")
     p.add_argument("--sv-emb", type=Path, help="v2Pro/v2ProPlus: the reference's 20480-d speaker embedding (.npy)")
+    p.add_argument("--g2pw", type=Path, help="GPT-SoVITS's G2PWModel folder (Chinese polyphones; once per repository)")
+    p.add_argument("--upstream-text", type=Path,
+                   help="GPT-SoVITS's GPT_SoVITS/text folder: upstream's dictionaries (once per repository)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--int8-decode", action="store_true", help="int8 dynamic quantization of the GPT decode step (CPU)")
     p.add_argument("--no-progress", action="store_true")
@@ -68,6 +73,9 @@ def cmd_demo_voice(args) -> int:
     demo.write_reference(out / DEMO_FILES["ref"], args.seed)
     (out / DEMO_FILES["text"]).write_text(demo.DEMO_TEXT + "\n", encoding="utf-8")
     ssl_dir, bert_dir = aux_models.write_demo_aux(out, args.size, args.seed)
+    from export.demo_g2pw import write_demo_g2pw
+
+    g2pw_dir = write_demo_g2pw(out, args.seed)
     extra = ""
     if args.sovits_version != "v2":
         import numpy as np
@@ -77,19 +85,14 @@ def cmd_demo_voice(args) -> int:
     print(f"wrote demo voice ({args.size}, {args.sovits_version}) to {out}")
     print(f"next: gsv-triton export --gpt {out / DEMO_FILES['gpt']} --sovits {out / DEMO_FILES['sovits']} "
           f"--ref-audio {out / DEMO_FILES['ref']} --ref-text '{demo.DEMO_TEXT}' --ref-lang zh "
-          f"--hubert {ssl_dir} --bert {bert_dir}{extra} --voice demo --repo REPO")
+          f"--hubert {ssl_dir} --bert {bert_dir} --g2pw {g2pw_dir}{extra} --voice demo --repo REPO")
     return 0
 
 
 def cmd_export(args) -> int:
     from export.voice_export import ExportOptions, export_voice, manifest_summary
 
-    opts = ExportOptions(
-        gpt=args.gpt, sovits=args.sovits, ref_audio=args.ref_audio, ref_text=args.ref_text, ref_lang=args.ref_lang,
-        voice=args.voice, repo=args.repo, version=args.version, label=args.label, hubert=args.hubert,
-        bert=args.bert, sv_emb=args.sv_emb, precision=args.precision, int8_decode=args.int8_decode,
-        progress=not args.no_progress,
-    )
+    opts = ExportOptions.from_args(args)
     target = export_voice(opts)
     print(f"wrote {target} {manifest_summary(target)}")
     return 0

@@ -61,6 +61,15 @@ LOG = logging.getLogger("gsv.control")
 GRACE = 120.0  # seconds a new, undecided version folder is left to its publisher
 
 
+def text_frontend_files(repo: Path) -> dict:
+    """What the repository gives the text front end (the ``tts`` models load it at start)."""
+    g2pw = (layout.g2pw_dir(repo) / "g2pW.onnx").is_file()
+    upstream = layout.upstream_text_dir(repo).is_dir()
+    out = {"g2pw": g2pw, "upstream_dictionaries": upstream}
+    if not g2pw:
+        out["warning"] = "G2PW is off: Chinese polyphones follow pypinyin; export once with --g2pw DIR"
+    return out
+
 class ControlService:
     def __init__(self, repo: Path, triton: str, triton_http: str | None = None, triton_metrics: str | None = None,
                  redis_url: str | None = None, replica_id: str | None = None, converge_interval: float = 30.0):
@@ -287,7 +296,8 @@ class ControlService:
         voice = request.query.get("voice")
         if not voice:
             body = {"status": "ok" if live else "triton not live", "triton": self.triton, "replica": self.replica_id,
-                    "redis": None if not self.redis_url else self.redis_connected}
+                    "redis": None if not self.redis_url else self.redis_connected,
+                    "text_frontend": text_frontend_files(self.repo)}
             return web.json_response(body, status=200 if live else 503)
         asked = request.query.get("version", "latest")
         try:

@@ -26,6 +26,7 @@ def run(folder: Path, size: str, text: str) -> int:
         code = cli.main(["export", "--gpt", str(demo / "gpt.ckpt"), "--sovits", str(demo / "sovits.pth"),
                          "--ref-audio", str(demo / "ref.wav"), "--ref-text", REF_TEXT, "--ref-lang", "zh",
                          "--hubert", str(demo / "chinese-hubert-base"), "--bert", str(demo / "chinese-roberta-wwm-ext-large"),
+                         "--g2pw", str(demo / "G2PWModel"),
                          "--voice", "demo", "--repo", str(repo)])
         if code != 0:
             return code

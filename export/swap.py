@@ -583,12 +583,7 @@ def _refusal(exc: Refused) -> int:
 def cmd_publish(args) -> int:
     from export.voice_export import ExportOptions
 
-    opts = ExportOptions(
-        gpt=args.gpt, sovits=args.sovits, ref_audio=args.ref_audio, ref_text=args.ref_text, ref_lang=args.ref_lang,
-        voice=args.voice, repo=args.repo, version=args.version, label=args.label, hubert=args.hubert,
-        bert=args.bert, sv_emb=args.sv_emb, precision=args.precision, int8_decode=args.int8_decode,
-        progress=not args.no_progress,
-    )
+    opts = ExportOptions.from_args(args)
     try:
         return _report(publish(opts, args.url, args.redis))
     except Refused as exc:

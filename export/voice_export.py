@@ -25,6 +25,7 @@ from export.errors import InputError
 from export.gpt_model import GPT, gpt_graph_specs
 from export.onnx_io import OPSET, export_graph
 from export.repository import StagedVersion
+from export import text_resources
 from export.shared_models import ensure_shared
 from export.sovits_model import build_sovits
 from export.sovits_stages import sovits_graph_specs
@@ -37,7 +38,8 @@ from python_backend.model_config import voice_model_spec
 from python_backend.onnx_stage import OnnxStage
 from python_backend.spectrogram import reference_spectrogram
 from python_backend.validation import check_audio
-from python_backend.text.frontend import CharTokenizer, TextError, bert_features_per_phone, text_to_phones
+from python_backend.text import frontend
+from python_backend.text.frontend import LANGUAGES, CharTokenizer, TextError, bert_features, reference_phones
 
 EXPORTER_VERSION = "0.1.0"
 VOICE_MODEL_PY = '"""Voice version model: thin adapter; the logic is in python_backend."""\nfrom python_backend.triton_voice import TritonPythonModel  # noqa: F401\n'
@@ -58,9 +60,21 @@ class ExportOptions:
     hubert: Path | None = None
     bert: Path | None = None
     sv_emb: Path | None = None
+    g2pw: Path | None = None
+    upstream_text: Path | None = None
     precision: str = "fp32"
     int8_decode: bool = False
     progress: bool = True
+
+    @classmethod
+    def from_args(cls, args) -> "ExportOptions":
+        """From the parsed ``export``/``publish`` command line (see ``cli._add_export_args``)."""
+        return cls(
+            gpt=args.gpt, sovits=args.sovits, ref_audio=args.ref_audio, ref_text=args.ref_text,
+            ref_lang=args.ref_lang, voice=args.voice, repo=args.repo, version=args.version, label=args.label,
+            hubert=args.hubert, bert=args.bert, sv_emb=args.sv_emb, g2pw=args.g2pw,
+            upstream_text=args.upstream_text, precision=args.precision, int8_decode=args.int8_decode,
+            progress=not args.no_progress)
 
 
 @dataclass
@@ -95,15 +109,14 @@ def check_pair(gpt: Checkpoint, sovits: Checkpoint) -> None:
 
 
 def _phones_and_bert(text: str, lang: str, bert_graph: Path, vocab: Path) -> tuple[np.ndarray, np.ndarray]:
-    seq = text_to_phones(text, lang)
-    if seq.bert_text:
-        ids = CharTokenizer.from_vocab_file(vocab).encode(seq.bert_text)
-        sess = ort.InferenceSession(str(bert_graph), providers=["CPUExecutionProvider"])
-        hidden = sess.run(["hidden"], {"input_ids": ids})[0][0, 1:-1]
-        bert = bert_features_per_phone(hidden, seq)
-    else:
-        bert = np.zeros((1024, seq.phone_ids.size), np.float32)
-    return seq.phone_ids.astype(np.int64), bert.astype(np.float32)
+    seq = reference_phones(text, lang)
+    tokenizer = CharTokenizer.from_vocab_file(vocab)
+    sess = ort.InferenceSession(str(bert_graph), providers=["CPUExecutionProvider"])
+
+    def hidden(segment: str) -> np.ndarray:
+        return sess.run(["hidden"], {"input_ids": tokenizer.encode(segment)})[0][0, 1:-1]
+
+    return seq.phone_ids.astype(np.int64), bert_features(seq, hidden).astype(np.float32)
 
 
 def reference_data(opts: ExportOptions, sovits, shared, is_pro: bool) -> ReferenceData:
@@ -175,15 +188,15 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
         raise InputError(f"--repo {opts.repo}: folder not found; create it first (mkdir -p)")
     if opts.version is not None and (layout.voice_dir(opts.repo, opts.voice) / str(opts.version)).exists():
         raise InputError(f"voice {opts.voice} version {opts.version} already exists; versions are immutable")
-    if opts.ref_lang not in ("zh", "en", "auto"):
-        raise InputError(f"--ref-lang {opts.ref_lang!r}: use zh, en or auto")
+    if opts.ref_lang not in LANGUAGES:
+        raise InputError(f"--ref-lang {opts.ref_lang!r}: use one of {', '.join(LANGUAGES)}")
     gpt_ckpt, sovits_ckpt = read_gpt(opts.gpt), read_sovits(opts.sovits)
     check_pair(gpt_ckpt, sovits_ckpt)
     if sovits_ckpt.version in ("v2Pro", "v2ProPlus") and opts.sv_emb is None:
         raise InputError(f"{sovits_ckpt.version} voices need the reference's speaker-verification embedding: pass --sv-emb FILE.npy (20480 values)")
     try:
         load_reference(opts.ref_audio)
-        text_to_phones(opts.ref_text, opts.ref_lang)
+        frontend.check_text(opts.ref_text, opts.ref_lang)
     except (AudioError, TextError) as exc:
         raise InputError(str(exc)) from None
     return gpt_ckpt, sovits_ckpt
@@ -194,6 +207,11 @@ def export_voice(opts: ExportOptions) -> Path:
     gpt_ckpt, sovits_ckpt = _preflight(opts)
     bar = tqdm(total=7, desc="export", disable=not opts.progress, unit="step")
     shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar)
+    if opts.g2pw is not None:
+        text_resources.install_g2pw(opts.repo, opts.g2pw, shared.vocab)
+    if opts.upstream_text is not None:
+        text_resources.install_upstream_text(opts.repo, opts.upstream_text)
+    text_status = frontend.configure_from_repo(opts.repo)
     bar.update(1)
     bar.set_description("load torch models")
     gpt, sovits = GPT.from_checkpoint(gpt_ckpt), build_sovits(sovits_ckpt)
@@ -246,6 +264,7 @@ def export_voice(opts: ExportOptions) -> Path:
                    "onnxruntime": ort.__version__, "opset": str(OPSET),
                    "shared_ssl": str(shared.ssl.relative_to(opts.repo)), "shared_bert": str(shared.bert.relative_to(opts.repo))},
             quality=quality,
+            text_frontend={k: text_status[k] for k in ("g2pw", "parity", "upstream_files")},
         )
         manifest.validate()
         manifest.write(staged.path)

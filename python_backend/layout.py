@@ -9,6 +9,8 @@ REPO/
   .gsv/retired/                   versions taken out of service by a rollback
   .gsv/routing.json               canary routing (voice -> active, canary, weight)
   .gsv/history.jsonl              what happened to every version, and why
+  .gsv/text/g2pw/                 the user's G2PWModel folder (polyphones), shared by all voices
+  .gsv/text/upstream/             upstream's text dictionaries (from GPT_SoVITS/text)
 """
 from __future__ import annotations
 
@@ -54,6 +56,19 @@ def quarantine_root(repo: Path) -> Path:
 
 def retired_root(repo: Path) -> Path:
     return Path(repo) / STATE_DIR / "retired"
+
+
+def text_root(repo: Path) -> Path:
+    """Text front-end resources shared by every voice of the repository."""
+    return Path(repo) / STATE_DIR / "text"
+
+
+def g2pw_dir(repo: Path) -> Path:
+    return text_root(repo) / "g2pw"
+
+
+def upstream_text_dir(repo: Path) -> Path:
+    return text_root(repo) / "upstream"
 
 
 def routing_file(repo: Path) -> Path:

@@ -70,6 +70,7 @@ class VoiceManifest:
     sizes: dict[str, int]  #: model sizes (layers, widths) the graphs were built with
     tools: dict[str, str]  #: exporter / torch / onnx / onnxruntime versions, opset
     quality: dict = field(default_factory=dict)  #: measured agreement and speed per precision option
+    text_frontend: dict = field(default_factory=dict)  #: G2PW on/off and upstream dictionaries the reference phones used
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:

@@ -17,7 +17,9 @@ from python_backend import tts_pipeline
 from python_backend.layout import BERT_MODEL
 from python_backend.model_config import TTS_INPUTS
 from python_backend.routing import CURRENT, RoutingTable
-from python_backend.text.frontend import warmup
+import os
+
+from python_backend.text import frontend
 from python_backend.triton_common import bls_exec, ensure_logging, is_cancelled, model_ready, send
 from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, parse
 
@@ -131,7 +133,10 @@ class _BLS:
 
     def initialize(self, args):
         ensure_logging()
-        warmup()
+        repo = os.environ.get("GSV_REPO")   # the repository's G2PW and upstream dictionaries
+        status = frontend.configure_from_repo(repo) if repo else frontend.configure()
+        LOG.info("[tts] text front end: g2pw=%s parity=%s", status["g2pw"], status["parity"])
+        frontend.warmup()
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
         self.lock = threading.Lock()
         self.in_flight = 0

@@ -1,7 +1,7 @@
 """The ``tts`` pipeline without Triton: sentences -> phones + BERT -> one voice request -> chunks.
 
 The Triton adapter (``triton_tts``) passes two callables: ``bert(text) -> [N, 1024]`` (the
-shared BERT model) and ``voice(model, inputs) -> iterator of chunks`` (the voice model,
+shared BERT model, called once per Chinese segment) and ``voice(model, inputs) -> iterator of chunks`` (the voice model,
 through BLS). Everything else, and every error, is decided here and unit-tested.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from python_backend.layout import voice_model
-from python_backend.text.frontend import bert_features_per_phone
+from python_backend.text.frontend import bert_features
 from python_backend.tts_request import TTSRequest
 
 BERT_DIM = 1024
@@ -49,11 +49,7 @@ def voice_inputs(request: TTSRequest, bert: Callable[[str], np.ndarray], stream:
     phones, feats, counts = [], [], []
     for sentence in request.sentences:
         seq = sentence.phones
-        if seq.bert_text:
-            hidden = np.asarray(bert(seq.bert_text), dtype=np.float32)
-            feats.append(bert_features_per_phone(hidden, seq))
-        else:
-            feats.append(np.zeros((BERT_DIM, seq.phone_ids.size), np.float32))
+        feats.append(bert_features(seq, bert))   # BERT once per Chinese segment, as upstream
         phones.append(seq.phone_ids.astype(np.int64))
         counts.append(seq.phone_ids.size)
     inputs = {

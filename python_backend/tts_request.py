@@ -13,7 +13,8 @@ import numpy as np
 
 from python_backend.errors import INVALID_ARG, NOT_FOUND, RequestError  # noqa: F401 (re-exported)
 from python_backend.layout import LayoutError, check_voice_name
-from python_backend.text.frontend import PhoneSequence, TextError, split_sentences, text_to_phones
+from python_backend.text.frontend import PhoneSequence, TextError, normalize_language
+from python_backend.text.frontend import sentences as text_sentences
 
 MAX_TEXT_CHARS = 2000
 SENTENCE_MAX_CHARS = 60
@@ -103,9 +104,11 @@ def parse(inputs: dict[str, object]) -> TTSRequest:
         check_voice_name(voice)
     except LayoutError as exc:
         raise RequestError(f"VOICE: {exc}", NOT_FOUND) from None
-    language = decode_text(inputs["LANGUAGE"], "LANGUAGE").strip().lower() if inputs.get("LANGUAGE") is not None else "auto"
-    if language not in ("auto", "zh", "en"):
-        raise RequestError(f"LANGUAGE {language!r} not supported; use auto, zh or en")
+    language = decode_text(inputs["LANGUAGE"], "LANGUAGE") if inputs.get("LANGUAGE") is not None else "auto"
+    try:
+        language = normalize_language(language)
+    except TextError as exc:
+        raise RequestError(f"LANGUAGE: {exc}") from None
     if not text.strip():
         raise RequestError("TEXT is empty or whitespace")
     if len(text) > MAX_TEXT_CHARS:
@@ -123,13 +126,9 @@ def parse(inputs: dict[str, object]) -> TTSRequest:
 
 
 def sentences(text: str, language: str) -> list[Sentence]:
-    out = []
-    for piece in split_sentences(text, SENTENCE_MAX_CHARS):
-        try:
-            seq = text_to_phones(piece, language, add_final_punct=True, pad_short=True)
-        except TextError:
-            continue  # a piece of only symbols: nothing to say
-        out.append(Sentence(piece, seq))
-    if not out:
-        raise RequestError("TEXT has nothing pronounceable in the requested language")
-    return out
+    """Upstream's text front end over sentences of at most SENTENCE_MAX_CHARS characters."""
+    try:
+        seqs = text_sentences(text, language, max_chars=SENTENCE_MAX_CHARS)
+    except TextError as exc:
+        raise RequestError(f"TEXT: {exc}") from None
+    return [Sentence(seq.norm_text, seq) for seq in seqs]

