@@ -123,7 +123,9 @@ def add_say_parser(sub) -> None:
     p.add_argument("--url", help="server address (default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 with --http)")
     p.add_argument("--http", action="store_true", help="use HTTP instead of gRPC")
     p.add_argument("--stream", action="store_true", help="stream audio chunks from tts_stream (gRPC)")
-    p.add_argument("--language", choices=["auto", "zh", "en"])
+    from python_backend.text.langsegment import MODES
+
+    p.add_argument("--language", choices=MODES, help="language mode, as upstream (default: auto)")
     p.add_argument("--seed", type=int)
     p.add_argument("--speed", type=float)
     p.add_argument("--top-k", type=int)

@@ -47,16 +47,34 @@ def _replace_dir(target: Path, fill) -> Path:
     return target
 
 
-def install_g2pw(repo: Path, source: Path, vocab: Path) -> Path:
-    """Check ``source`` is a loadable G2PWModel folder, then copy it into the repository."""
-    from python_backend.text.g2pw import G2PW
-
+def check_g2pw_folder(source: Path) -> Path:
+    """The cheap check (files present), run before anything is written."""
     source = Path(source)
     if not source.is_dir():
         raise InputError(f"--g2pw {source}: folder not found (upstream keeps it at GPT_SoVITS/text/G2PWModel)")
     missing = [f for f in G2PW_FILES if not (source / f).is_file()]
     if missing:
         raise InputError(f"--g2pw {source}: not a G2PWModel folder, missing {', '.join(missing)}")
+    return source
+
+
+def check_upstream_text(source: Path) -> list[str]:
+    """Which of upstream's dictionaries ``source`` has (at least one, or a one-line error)."""
+    source = Path(source)
+    if not source.is_dir():
+        raise InputError(f"--upstream-text {source}: folder not found (give GPT-SoVITS's GPT_SoVITS/text)")
+    present = [rel for rel in resources.FILES.values() if (source / rel).is_file()]
+    if not present:
+        raise InputError(f"--upstream-text {source}: none of upstream's dictionaries are there "
+                         f"(expected e.g. {', '.join(list(resources.FILES.values())[:3])})")
+    return present
+
+
+def install_g2pw(repo: Path, source: Path, vocab: Path) -> Path:
+    """Check ``source`` is a loadable G2PWModel folder, then copy it into the repository."""
+    from python_backend.text.g2pw import G2PW
+
+    source = check_g2pw_folder(source)
     try:
         G2PW(source, vocab)
     except (ValueError, OSError) as exc:
@@ -73,12 +91,7 @@ def install_g2pw(repo: Path, source: Path, vocab: Path) -> Path:
 def install_upstream_text(repo: Path, source: Path) -> Path:
     """Copy upstream's dictionaries (those of ``resources.FILES`` that exist) into the repository."""
     source = Path(source)
-    if not source.is_dir():
-        raise InputError(f"--upstream-text {source}: folder not found (give GPT-SoVITS's GPT_SoVITS/text)")
-    present = [rel for rel in resources.FILES.values() if (source / rel).is_file()]
-    if not present:
-        raise InputError(f"--upstream-text {source}: none of upstream's dictionaries are there "
-                         f"(expected e.g. {', '.join(list(resources.FILES.values())[:3])})")
+    present = check_upstream_text(source)
 
     def fill(tmp: Path) -> None:
         for rel in present:

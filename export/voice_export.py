@@ -196,7 +196,11 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
         raise InputError(f"{sovits_ckpt.version} voices need the reference's speaker-verification embedding: pass --sv-emb FILE.npy (20480 values)")
     try:
         load_reference(opts.ref_audio)
-        frontend.check_text(opts.ref_text, opts.ref_lang)
+        reference_phones(opts.ref_text, opts.ref_lang, g2pw=None)   # readable at all (G2PW comes later)
+        if opts.g2pw is not None:
+            text_resources.check_g2pw_folder(opts.g2pw)
+        if opts.upstream_text is not None:
+            text_resources.check_upstream_text(opts.upstream_text)
     except (AudioError, TextError) as exc:
         raise InputError(str(exc)) from None
     return gpt_ckpt, sovits_ckpt
@@ -207,10 +211,10 @@ def export_voice(opts: ExportOptions) -> Path:
     gpt_ckpt, sovits_ckpt = _preflight(opts)
     bar = tqdm(total=7, desc="export", disable=not opts.progress, unit="step")
     shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar)
-    if opts.g2pw is not None:
-        text_resources.install_g2pw(opts.repo, opts.g2pw, shared.vocab)
     if opts.upstream_text is not None:
         text_resources.install_upstream_text(opts.repo, opts.upstream_text)
+    if opts.g2pw is not None:
+        text_resources.install_g2pw(opts.repo, opts.g2pw, shared.vocab)
     text_status = frontend.configure_from_repo(opts.repo)
     bar.update(1)
     bar.set_description("load torch models")

@@ -136,7 +136,9 @@ class _BLS:
         repo = os.environ.get("GSV_REPO")   # the repository's G2PW and upstream dictionaries
         status = frontend.configure_from_repo(repo) if repo else frontend.configure()
         LOG.info("[tts] text front end: g2pw=%s parity=%s", status["g2pw"], status["parity"])
-        frontend.warmup()
+        # Chinese and English load at start (about 7 s); ja/ko/yue on first use unless listed here
+        langs = tuple(x for x in os.environ.get("GSV_TEXT_WARMUP", "zh").split(",") if x in frontend.WARMUP_TEXTS)
+        frontend.warmup(langs or ("zh",))
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
         self.lock = threading.Lock()
         self.in_flight = 0

@@ -22,6 +22,7 @@ from export import cli, demo
 from export.checkpoints import read_gpt
 from python_backend import layout
 from python_backend.manifest import VoiceManifest
+from python_backend.text import resources
 
 TEXT = "你好，欢迎使用语音合成服务。"
 
@@ -43,7 +44,8 @@ def export_args(voice_dir: Path, repo: Path, *extra: str, voice: str = "demo", a
             "--ref-audio", str(voice_dir / "ref.wav"), "--ref-text", TEXT, "--ref-lang", "zh",
             "--voice", voice, "--repo", str(repo), "--no-progress", *extra]
     if aux:
-        args += ["--hubert", str(voice_dir / "chinese-hubert-base"), "--bert", str(voice_dir / "chinese-roberta-wwm-ext-large")]
+        args += ["--hubert", str(voice_dir / "chinese-hubert-base"), "--bert", str(voice_dir / "chinese-roberta-wwm-ext-large"),
+                 "--g2pw", str(voice_dir / "G2PWModel")]
     return args
 
 
@@ -82,6 +84,23 @@ def test_version_layout_and_manifest(exported, tiny_voice):
     for name in ("golden.npz", "reference.npz", "model.py", "manifest.json"):
         assert (version / name).is_file()
     assert not list(layout.staging_root(exported).iterdir())
+
+
+def test_text_resources_are_installed_once_per_repository(exported, tiny_voice, tmp_path):
+    """--g2pw (and --upstream-text) land in .gsv/text/; the manifest says what the reference used."""
+    assert (layout.g2pw_dir(exported) / "g2pW.onnx").is_file()
+    assert VoiceManifest.read(exported / "voice_demo" / "1").text_frontend["g2pw"] is True
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert cli.main(export_args(tiny_voice, repo, aux=False) + [
+        "--hubert", str(tiny_voice / "chinese-hubert-base"),
+        "--bert", str(tiny_voice / "chinese-roberta-wwm-ext-large")]) == 0
+    manifest = VoiceManifest.read(repo / "voice_demo" / "1")
+    assert manifest.text_frontend["g2pw"] is False and manifest.text_frontend["parity"] is False
+    upstream = resources.upstream_text_dir()
+    if upstream is not None:
+        assert cli.main(export_args(tiny_voice, repo, "--upstream-text", str(upstream), aux=False)) == 0
+        assert (layout.upstream_text_dir(repo) / "cmudict.rep").is_file()
 
 
 def test_every_config_parses_as_triton_model_config(exported):
@@ -167,6 +186,10 @@ def _bad_files(tmp: Path, voice: Path) -> dict[str, Path]:
     ("unsafe_name", "not a safe folder name"),
     ("existing_version", "already exists"),
     ("empty_text", "empty|no phones|whitespace"),
+    ("bad_ref_lang", "--ref-lang 'fr'"),
+    ("kana_in_zh", "Japanese kana"),
+    ("not_g2pw", "not a G2PWModel folder, missing g2pW.onnx"),
+    ("not_upstream_text", "none of upstream's dictionaries"),
 ])
 def test_bad_input_one_line_error_repo_unchanged(exported, tiny_voice, tmp_path, capsys, case, needle):
     bad = _bad_files(tmp_path, tiny_voice)
@@ -185,6 +208,10 @@ def test_bad_input_one_line_error_repo_unchanged(exported, tiny_voice, tmp_path,
      "unsafe_name": lambda: put("--voice", "../evil"),
      "existing_version": lambda: args.extend(["--version", "1"]),
      "empty_text": lambda: put("--ref-text", "   "),
+     "bad_ref_lang": lambda: put("--ref-lang", "fr"),
+     "kana_in_zh": lambda: put("--ref-text", "こんにちは、元気です。"),
+     "not_g2pw": lambda: args.extend(["--g2pw", str(tmp_path)]),
+     "not_upstream_text": lambda: args.extend(["--upstream-text", str(tmp_path)]),
      }[case]()
     before = snapshot(exported)
     code, err = run_cli(args, capsys)

@@ -191,7 +191,8 @@ def test_no_network_and_no_g2p_en_import():
         "bad = [m for m in ('g2p_en', 'nltk', 'wordsegment', 'torch') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
 
 

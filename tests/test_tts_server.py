@@ -123,6 +123,31 @@ def test_errors_are_clear_coded_and_others_keep_being_served(server, kwargs, cod
     assert healthy(server)
 
 
+@pytest.mark.parametrize("mode,text", [
+    ("all_zh", "长得很长，还没还你。"),
+    ("en", "Hello world, how are you today?"),
+    ("auto", "今天天气很好。Hello! こんにちは。안녕하세요."),
+    ("all_ja", "今日はとても良い天気ですね。"),
+    ("all_ko", "오늘은 날씨가 정말 좋네요."),
+    ("all_yue", "今日天氣好好，我哋去公園行下啦。"),
+])
+def test_every_language_mode_speaks(server, mode, text):
+    speech = synthesize(text, "alpha", server.grpc_url, language=mode, **FIXED)
+    assert speech.audio.size > 0 and np.all(np.isfinite(speech.audio))
+
+
+@pytest.mark.parametrize("language,text,needle", [
+    ("fr", TEXT, "unsupported language 'fr'"),
+    ("all_zh", "こんにちは、元気ですか。", "Japanese kana"),
+    ("zh", "你好\x07。", "control character"),
+])
+def test_text_the_mode_cannot_speak_is_invalid_arg(server, language, text, needle):
+    with pytest.raises(ClientError) as info:
+        synthesize(text, "alpha", server.grpc_url, language=language, **FIXED)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert synthesize(TEXT, "alpha", server.grpc_url, **FIXED).audio.size > 0
+
+
 def _raw_inputs(module, text: bytes, voice: str, params: dict):
     from export.client import _inputs
 

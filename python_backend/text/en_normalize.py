@@ -60,6 +60,11 @@ def text_normalize(text: str) -> str:
     return fold_punctuation(text)
 
 
+def warmup() -> None:
+    """Import inflect now (~2.7 s: its type-checking decorators) instead of on the first number."""
+    num.cardinal("1")
+
+
 def normalize(text: str) -> str:
     """Upstream ``expend.normalize``: numbers, money, times, units, then the character filter."""
     text = _ordinal_markers(text)

@@ -56,24 +56,21 @@ class Segmenter:
         n = len(text)
         if n == 0:
             return []
-        unigrams, bigrams, heads = self.unigrams, self.bigrams, self._heads
-        # uni[i][L-1]: log score of text[i:i+L] with no usable bigram.
+        # uni[i][L-1]: log score of text[i:i+L] when no bigram applies.
         uni = [[self._unigram_log(text[i:i + length]) for length in range(1, min(n - i, MAX_WORD) + 1)]
                for i in range(n)]
-        # score[i][p]: best score of text[i:] when the previous word has length p (p=0: "<s>").
-        score: list[list[float]] = [[0.0] * (MAX_WORD + 1) for _ in range(n + 1)]
-        choice: list[list[int]] = [[0] * (MAX_WORD + 1) for _ in range(n + 1)]
+        # score[i][p]: best score of text[i:] after a previous word of length p (0: "<s>").
+        score = [[0.0] * (MAX_WORD + 1) for _ in range(n + 1)]
+        choice = [[0] * (MAX_WORD + 1) for _ in range(n + 1)]
         for i in range(n - 1, -1, -1):
-            lengths = range(1, min(n - i, MAX_WORD) + 1)
-            plain: tuple[float, int] | None = None  # the answer when no bigram applies
+            plain: tuple[float, int] | None = None  # the answer for every prev without bigrams
             for p in (range(1, min(i, MAX_WORD) + 1) if i > 0 else (0,)):
                 prev = text[i - p:i] if p else "<s>"
-                if prev in heads:
-                    best = self._pick(i, lengths, uni[i], score, lambda w, prev=prev: bigrams.get(prev + " " + w),
-                                      unigrams[prev], text)
+                if prev in self._heads:
+                    best = self._pick(text, i, uni[i], score, prev)
                 else:
                     if plain is None:
-                        plain = self._pick(i, lengths, uni[i], score, None, 0.0, text)
+                        plain = self._pick(text, i, uni[i], score, None)
                     best = plain
                 score[i][p], choice[i][p] = best
         words: list[str] = []
@@ -84,17 +81,16 @@ class Segmenter:
             i, p = i + length, length
         return words
 
-    @staticmethod
-    def _pick(i: int, lengths: range, uni_row: list[float], score: list[list[float]],
-              bigram_count, prev_count: float, text: str) -> tuple[float, int]:
-        """Best (score, first-word length) at ``i``; later candidates win exact ties."""
+    def _pick(self, text: str, i: int, uni_row: list[float], score: list[list[float]],
+              prev: str | None) -> tuple[float, int]:
+        """Best (score, first-word length) at ``i``; a later candidate wins an exact tie."""
         best_score, best_len = -math.inf, 0
-        for length in lengths:
+        for length in range(1, len(uni_row) + 1):
             first = uni_row[length - 1]
-            if bigram_count is not None:
-                count = bigram_count(text[i:i + length])
+            if prev is not None:
+                count = self.bigrams.get(prev + " " + text[i:i + length])
                 if count is not None:
-                    first = math.log10(count / TOTAL / (prev_count / TOTAL))
+                    first = math.log10(count / TOTAL / (self.unigrams[prev] / TOTAL))
             total = first + score[i + length][length]
             if total >= best_score:
                 best_score, best_len = total, length

@@ -132,8 +132,12 @@ def configure(g2pw_dir: str | Path | None = None, vocab_file: str | Path | None 
     from .g2pw import G2PW
 
     with _config_lock:
-        if upstream_text_dir is not None:
+        if upstream_text_dir is not None and Path(upstream_text_dir) != resources.upstream_text_dir():
             resources.set_upstream_text_dir(upstream_text_dir)
+            from . import en_g2p, zh_normalize
+
+            en_g2p.reset()                 # dictionaries read from the old folder
+            zh_normalize.reset_cache()
         _g2pw, _g2pw_dir, _g2pw_error = None, None, None
         if g2pw_dir is not None:
             if vocab_file is None:
@@ -256,9 +260,27 @@ def text_to_phones(text: str, language: str = "auto", *, g2pw=...) -> PhoneSeque
     return seq
 
 
-def warmup() -> None:
-    """Load jieba, pypinyin and the English dictionaries now instead of on the first request."""
-    text_to_phones("你好，warm up。", "zh")
+WARMUP_TEXTS = {"zh": ("你好，warm up 1 time。", "zh"), "ja": ("こんにちは。", "all_ja"),
+                "ko": ("안녕하세요.", "all_ko"), "yue": ("你好。", "all_yue")}
+
+
+def warmup(languages: tuple[str, ...] = ("zh", "ja", "ko", "yue")) -> dict[str, str]:
+    """Load dictionaries, jieba, inflect and each language's packages now (seconds each)
+    instead of on a request; a language whose packages are missing is reported, not fatal."""
+    from . import en_g2p, en_normalize
+
+    out = {}
+    for lang in languages:
+        text, mode = WARMUP_TEXTS[lang]
+        try:
+            text_to_phones(text, mode)
+            out[lang] = "ok"
+        except (TextError, ValueError) as exc:
+            out[lang] = str(exc)
+            LOG.warning("[text] %s is unavailable: %s", lang, exc)
+    en_normalize.warmup()
+    en_g2p.warmup()
+    return out
 
 
 # ---- BERT -------------------------------------------------------------------------
