@@ -28,7 +28,55 @@ class Speech:
     chunk_times: list[float] = field(default_factory=list)
 
 
-def _inputs(module, text: str, voice: str, language: str | None, params: dict) -> list:
+@dataclass
+class Reference:
+    """A reference clip sent with the request (upstream api_v2's ref_audio_path, prompt_text,
+    prompt_lang, aux_ref_audio_paths). ``aux`` clips share ``sample_rate``."""
+
+    audio: np.ndarray  #: float32 [N] mono
+    sample_rate: int
+    text: str
+    language: str | None = None
+    aux: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def from_files(cls, path: Path, text: str, language: str | None = None, aux: list[Path] = ()) -> "Reference":
+        import soundfile as sf
+
+        from python_backend.audio import resample
+
+        def read(p: Path) -> tuple[np.ndarray, int]:
+            try:
+                data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+            except (RuntimeError, OSError, sf.LibsndfileError) as exc:
+                raise ClientError(f"{p}: not a readable audio file ({exc})") from None
+            return data.mean(axis=1), int(rate)
+
+        audio, rate = read(Path(path))
+        extra = []
+        for p in aux:
+            clip, clip_rate = read(Path(p))
+            extra.append(resample(clip, clip_rate, rate) if clip_rate != rate else clip)
+        return cls(audio=audio, sample_rate=rate, text=text, language=language, aux=extra)
+
+    def tensors(self) -> dict[str, tuple[np.ndarray, str]]:
+        out = {"REF_AUDIO": (self.audio.astype(np.float32), "FP32"),
+               "REF_SAMPLE_RATE": (np.array([self.sample_rate], np.int32), "INT32"),
+               "REF_TEXT": (np.array([self.text.encode("utf-8")], dtype=object), "BYTES")}
+        if self.language:
+            out["REF_LANGUAGE"] = (np.array([self.language.encode()], dtype=object), "BYTES")
+        if self.aux:
+            width = max(a.size for a in self.aux)
+            packed = np.zeros((len(self.aux), width), np.float32)
+            for i, a in enumerate(self.aux):
+                packed[i, : a.size] = a
+            out["AUX_REF_AUDIO"] = (packed, "FP32")
+            out["AUX_REF_LENGTHS"] = (np.array([a.size for a in self.aux], np.int32), "INT32")
+        return out
+
+
+def _inputs(module, text: str, voice: str, language: str | None, params: dict,
+            reference: Reference | None = None) -> list:
     def tensor(name, array, dtype):
         t = module.InferInput(name, list(array.shape), dtype)
         t.set_data_from_numpy(array)
@@ -42,6 +90,8 @@ def _inputs(module, text: str, voice: str, language: str | None, params: dict) -
         if value is not None:
             triton_type, np_type = PARAM_TYPES[name]
             out.append(tensor(name, np.array([value], dtype=np_type), triton_type))
+    if reference is not None:
+        out += [tensor(name, array, dtype) for name, (array, dtype) in reference.tensors().items()]
     return out
 
 
@@ -51,7 +101,7 @@ def _scalar(result, name):
 
 
 def synthesize(text: str, voice: str, url: str = "127.0.0.1:8001", http: bool = False, language: str | None = None,
-               timeout: float = 600.0, **params) -> Speech:
+               timeout: float = 600.0, reference: Reference | None = None, **params) -> Speech:
     """The whole utterance from ``tts``."""
     if http:
         import tritonclient.http as module
@@ -62,7 +112,7 @@ def synthesize(text: str, voice: str, url: str = "127.0.0.1:8001", http: bool = 
     client = module.InferenceServerClient(url, network_timeout=timeout) if http else module.InferenceServerClient(url)
     try:
         kwargs = {"timeout": int(timeout)} if http else {"client_timeout": timeout}
-        result = client.infer("tts", _inputs(module, text, voice, language, params), **kwargs)
+        result = client.infer("tts", _inputs(module, text, voice, language, params, reference), **kwargs)
     except InferenceServerException as exc:
         raise ClientError(exc.message() if hasattr(exc, "message") else str(exc)) from None
     finally:
@@ -72,7 +122,7 @@ def synthesize(text: str, voice: str, url: str = "127.0.0.1:8001", http: bool = 
 
 
 def stream(text: str, voice: str, url: str = "127.0.0.1:8001", language: str | None = None, timeout: float = 600.0,
-           on_chunk=None, **params) -> Speech:
+           on_chunk=None, reference: Reference | None = None, **params) -> Speech:
     """Chunks from ``tts_stream`` over gRPC streaming, as they arrive."""
     import tritonclient.grpc as grpc
     from tritonclient.utils import InferenceServerException
@@ -83,7 +133,7 @@ def stream(text: str, voice: str, url: str = "127.0.0.1:8001", language: str | N
     client.start_stream(callback=lambda result, error: responses.put((result, error, time.perf_counter() - start)))
     pieces, times, version, rate, reason = [], [], -1, 0, ""
     try:
-        client.async_stream_infer("tts_stream", _inputs(grpc, text, voice, language, params))
+        client.async_stream_infer("tts_stream", _inputs(grpc, text, voice, language, params, reference))
         while True:
             try:
                 result, error, at = responses.get(timeout=timeout)
@@ -134,6 +184,11 @@ def add_say_parser(sub) -> None:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--noise-scale", type=float)
     p.add_argument("--max-tokens", type=int, help="cap on semantic tokens per sentence (25 per second of audio)")
+    p.add_argument("--ref-audio", type=Path, help="a reference clip for this request (3-10 s) instead of the voice's own")
+    p.add_argument("--ref-text", help="the reference clip's transcript (required with --ref-audio)")
+    p.add_argument("--ref-lang", choices=MODES, help="the transcript's language mode (default: --language)")
+    p.add_argument("--aux-ref", type=Path, action="append", default=[],
+                   help="extra clips whose speaker conditioning is averaged in (repeatable, at most 8)")
 
 
 def cmd_say(args) -> int:
@@ -143,10 +198,17 @@ def cmd_say(args) -> int:
     params = {"SEED": args.seed, "SPEED": args.speed, "TOP_K": args.top_k, "TOP_P": args.top_p,
               "TEMPERATURE": args.temperature, "REPETITION_PENALTY": args.repetition_penalty,
               "NOISE_SCALE": args.noise_scale, "MAX_TOKENS": args.max_tokens}
+    reference = None
+    if args.ref_audio is not None:
+        if not args.ref_text:
+            raise ClientError("--ref-audio needs --ref-text (the clip's transcript)")
+        reference = Reference.from_files(args.ref_audio, args.ref_text, args.ref_lang, args.aux_ref)
+    elif args.ref_text or args.aux_ref:
+        raise ClientError("--ref-text and --aux-ref need --ref-audio")
     if args.stream:
-        speech = stream(args.text, args.voice, url, args.language, **params)
+        speech = stream(args.text, args.voice, url, args.language, reference=reference, **params)
     else:
-        speech = synthesize(args.text, args.voice, url, args.http, args.language, **params)
+        speech = synthesize(args.text, args.voice, url, args.http, args.language, reference=reference, **params)
     write_wav(args.output, speech)
     first = f", first chunk after {speech.first_chunk_s:.2f} s in {speech.chunks} chunks" if speech.first_chunk_s else ""
     print(f"wrote {args.output.resolve()} ({speech.audio.size / max(speech.sample_rate, 1):.2f} s at {speech.sample_rate} Hz, "

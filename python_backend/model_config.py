@@ -86,6 +86,7 @@ def voice_model_spec(model_name: str) -> ModelSpec:
             TensorSpec("REQUEST_ID", "BYTES", (1,), optional=True),
             *cancel_inputs(),
             *SAMPLING_INPUTS,
+            *voice_reference_inputs(),
         ],
         outputs=[
             TensorSpec("AUDIO", "FP32", (-1,)),
@@ -97,11 +98,37 @@ def voice_model_spec(model_name: str) -> ModelSpec:
     )
 
 
+def voice_reference_inputs() -> list[TensorSpec]:
+    """A per-request reference, prepared by the tts model (``python_backend.reference.prepare``):
+    the voice turns it into prompt tokens and ge with its own graphs, cached under REF_KEY."""
+    return [
+        TensorSpec("REF_KEY", "BYTES", (1,), optional=True),
+        TensorSpec("REF_PHONES", "INT64", (-1,), optional=True),
+        TensorSpec("REF_BERT", "FP32", (1024, -1), optional=True),
+        TensorSpec("REF_SSL", "FP32", (768, -1), optional=True),
+        TensorSpec("REF_SPECS", "FP32", (1025, -1), optional=True),
+        TensorSpec("REF_SPEC_FRAMES", "INT32", (-1,), optional=True),
+        TensorSpec("REF_WAV32K", "FP32", (-1,), optional=True),
+        TensorSpec("REF_WAV_LENGTHS", "INT32", (-1,), optional=True),
+    ]
+
+
 def cancel_inputs() -> list[TensorSpec]:
     """A request with CANCEL (a REQUEST_ID) stops that request: how a BLS frees the decode slot
     of a stream whose client went away (2.51's BLS cannot cancel a sub-request itself)."""
     return [TensorSpec("CANCEL", "BYTES", (1,), optional=True)]
 
+
+# A reference clip per request (upstream api_v2's ref_audio_path / prompt_text / prompt_lang /
+# aux_ref_audio_paths); without them the voice version's own reference is used.
+REFERENCE_INPUTS = [
+    TensorSpec("REF_AUDIO", "FP32", (-1,), optional=True),
+    TensorSpec("REF_SAMPLE_RATE", "INT32", (1,), optional=True),
+    TensorSpec("REF_TEXT", "BYTES", (1,), optional=True),
+    TensorSpec("REF_LANGUAGE", "BYTES", (1,), optional=True),
+    TensorSpec("AUX_REF_AUDIO", "FP32", (-1, -1), optional=True),
+    TensorSpec("AUX_REF_LENGTHS", "INT32", (-1,), optional=True),
+]
 
 TTS_INPUTS = [
     TensorSpec("TEXT", "BYTES", (1,)),
@@ -109,6 +136,7 @@ TTS_INPUTS = [
     TensorSpec("LANGUAGE", "BYTES", (1,), optional=True),
     TensorSpec("MAX_TOKENS", "INT32", (1,), optional=True),
     *SAMPLING_INPUTS,
+    *REFERENCE_INPUTS,
 ]
 TTS_OUTPUTS = [
     TensorSpec("AUDIO", "FP32", (-1,)),

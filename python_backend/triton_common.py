@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
+
+from python_backend.reference import ReferenceCache
 
 
 def version_dir(args: dict) -> Path:
@@ -53,3 +56,25 @@ def model_ready(name: str, version: int | None = None) -> bool:
 def bls_exec(request, decoupled: bool = False):
     with STUB_IPC:
         return request.exec(decoupled=decoupled)
+
+
+def cache_from_env() -> ReferenceCache:
+    """Reference cache sized by GSV_REF_CACHE_ENTRIES / GSV_REF_CACHE_MB (defaults 64, 256)."""
+    entries = int(os.environ.get("GSV_REF_CACHE_ENTRIES", "64"))
+    megabytes = int(os.environ.get("GSV_REF_CACHE_MB", "256"))
+    return ReferenceCache(max_entries=entries, max_bytes=megabytes << 20)
+
+
+class CacheMetrics:
+    """``gsv_reference_cache_total{model, event}``: hits, misses and evictions of a reference cache."""
+
+    def __init__(self, model: str):
+        self.family = pb_utils.MetricFamily(
+            name="gsv_reference_cache_total", description="per-request reference cache events (hit, miss, eviction)",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.metrics = {e: self.family.Metric(labels={"model": model, "event": e}) for e in ("hit", "miss", "eviction")}
+
+    def count(self, event: str, n: int = 1) -> None:
+        if n:
+            with STUB_IPC:
+                self.metrics[event].increment(n)

@@ -7,20 +7,21 @@ instance serves many requests concurrently and the voice model can batch them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from python_backend import reference as reference_mod
 from python_backend import tts_pipeline
-from python_backend.layout import BERT_MODEL
+from python_backend.layout import BERT_MODEL, SSL_MODEL
 from python_backend.model_config import TTS_INPUTS
 from python_backend.routing import CURRENT, RoutingTable
-import os
 
 from python_backend.text import frontend
-from python_backend.triton_common import bls_exec, ensure_logging, is_cancelled, model_ready, send
+from python_backend.triton_common import CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, model_ready, send
 from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, parse
 
 LOG = logging.getLogger("gsv.tts")
@@ -49,6 +50,15 @@ def _bert(text: str) -> np.ndarray:
     if resp.has_error():
         raise VoiceError(f"BERT failed: {resp.error().message()}", pb_utils.TritonError.INTERNAL)
     return pb_utils.get_output_tensor_by_name(resp, "HIDDEN").as_numpy()
+
+
+def _ssl(wav16k: np.ndarray) -> np.ndarray:
+    req = pb_utils.InferenceRequest(model_name=SSL_MODEL, requested_output_names=["SSL"],
+                                    inputs=[pb_utils.Tensor("WAV16K", wav16k.astype(np.float32))])
+    resp = bls_exec(req)
+    if resp.has_error():
+        raise VoiceError(f"SSL failed: {resp.error().message()}", pb_utils.TritonError.INTERNAL)
+    return pb_utils.get_output_tensor_by_name(resp, "SSL").as_numpy()
 
 
 def _chunk(resp) -> tts_pipeline.VoiceChunk | None:
@@ -140,6 +150,8 @@ class _BLS:
         langs = tuple(x for x in os.environ.get("GSV_TEXT_WARMUP", "zh").split(",") if x in frontend.WARMUP_TEXTS)
         frontend.warmup(langs or ("zh",))
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
+        self.ref_cache = cache_from_env()
+        self.cache_metrics = CacheMetrics(args["model_name"])
         self.lock = threading.Lock()
         self.in_flight = 0
 
@@ -170,6 +182,23 @@ class _BLS:
             raise RequestError(f"MAX_TOKENS {value} out of range [1, 1500]")
         return value
 
+    def _reference(self, req) -> dict[str, np.ndarray]:
+        """The REF_* tensors of the request's reference clip, from the cache or computed now."""
+        ref = req.reference
+
+        def compute():
+            return reference_mod.prepare(
+                ref, lambda text, lang: frontend.reference_phones(text, lang), _ssl,
+                lambda seq: frontend.bert_features(seq, _bert))
+
+        try:
+            value, hit, evicted = self.ref_cache.get_or_compute(ref.key, compute)
+        except frontend.TextError as exc:
+            raise RequestError(f"REF_TEXT: {exc}") from None
+        self.cache_metrics.count("hit" if hit else "miss")
+        self.cache_metrics.count("eviction", evicted)
+        return value
+
     def finalize(self):
         self.pool.shutdown(wait=True)  # drain: in-flight requests finish before the model goes
 
@@ -179,7 +208,8 @@ class TTSModel(_BLS):
 
     def _serve(self, request, sender, inputs):
         req = parse(inputs)
-        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=False, max_tokens=self._max_tokens(inputs))
+        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=False, max_tokens=self._max_tokens(inputs),
+                                         reference=self._reference)
         utt = tts_pipeline.collect(chunks)
         send(sender, _outputs(utt.joined(), utt.sample_rate, utt.version, ",".join(utt.finish_reasons)), flags=FINAL)
 
@@ -194,7 +224,8 @@ class TTSStreamModel(_BLS):
 
         req = parse(inputs)
         rid = uuid.uuid4().hex
-        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=True, max_tokens=self._max_tokens(inputs), request_id=rid)
+        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=True, max_tokens=self._max_tokens(inputs), request_id=rid,
+                                         reference=self._reference)
         version, rate, reasons = -1, 0, []
         for chunk in chunks:
             if is_cancelled(request):

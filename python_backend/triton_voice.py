@@ -22,12 +22,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend import history, validation
-from python_backend.triton_common import STUB_IPC, ensure_logging, is_cancelled, send
+from python_backend.triton_common import STUB_IPC, CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, send
 from python_backend.validation import ValidationError  # noqa: F401  (re-exported)
-from python_backend.voice_engine import RequestError, VoiceEngine
+from python_backend import reference as reference_mod
+from python_backend.voice_engine import EngineReference, RequestError, VoiceEngine
 from python_backend.voice_request import Outgoing, Utterance, sentence_requests, split_sentences
 
 LOG = logging.getLogger("gsv.voice")
+SV_MODEL = "gsv_sv"
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PARAMS = {"TOP_K": ("top_k", int), "TOP_P": ("top_p", float), "TEMPERATURE": ("temperature", float),
           "REPETITION_PENALTY": ("repetition_penalty", float), "NOISE_SCALE": ("noise_scale", float),
@@ -42,6 +44,16 @@ def _value(request, name):
 def _text(value) -> str:
     item = np.asarray(value, dtype=object).reshape(-1)[0]
     return item.decode() if isinstance(item, bytes) else str(item)
+
+
+def _sv_embedding(wav32k: np.ndarray) -> np.ndarray:
+    """The shared speaker-verification model (``gsv_sv``) on one 32 kHz clip: [20480]."""
+    req = pb_utils.InferenceRequest(model_name=SV_MODEL, requested_output_names=["SV_EMB"],
+                                    inputs=[pb_utils.Tensor("WAV32K", np.asarray(wav32k, np.float32))])
+    resp = bls_exec(req)
+    if resp.has_error():
+        raise RequestError(f"speaker verification failed: {resp.error().message()}")
+    return pb_utils.get_output_tensor_by_name(resp, "SV_EMB").as_numpy().reshape(-1)
 
 
 def _record(repo: Path, voice: str, version: int, event: str, reason: str = "") -> None:
@@ -85,6 +97,8 @@ class TritonPythonModel:
         # serialized: 0 crashes in 16 loads under 4 client threads
         self.metric_lock = STUB_IPC
         self._metrics()
+        self.ref_cache = cache_from_env()
+        self.cache_metrics = CacheMetrics(self.name)
         _record(self.repo, self.voice, self.version, "validated",
                 ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
         _record(self.repo, self.voice, self.version, "active")
@@ -161,7 +175,9 @@ class TritonPythonModel:
         if seed is not None and seed < 0:
             raise RequestError(f"SEED {seed} must be a non-negative integer")
         engine_requests = sentence_requests(parts, params, seed)
+        reference = self._reference(request)
         for req in engine_requests:
+            req.reference = reference
             req.validate(self.engine.gpt.phone_vocab_size)  # all sentences checked before any work starts
         rid_raw = _value(request, "REQUEST_ID")
         rid = _text(rid_raw) if rid_raw is not None else None
@@ -177,6 +193,34 @@ class TritonPythonModel:
         # throughput but crashed the 2.51 tts stub (heap corruption in _PyObject_Malloc) under
         # high request rates; see bench/results/optimizations.md.
         utterance.handles = [self.engine.submit(req, utterance.emit_for(i)) for i, req in enumerate(engine_requests)]
+
+    def _reference(self, request) -> EngineReference | None:
+        """A per-request reference (REF_* inputs) as prompt tokens and ge of this version, cached."""
+        key = _value(request, "REF_KEY")
+        if key is None:
+            return None
+        values = {n: _value(request, n) for n in ("REF_PHONES", "REF_BERT", "REF_SSL", "REF_SPECS",
+                                                    "REF_SPEC_FRAMES", "REF_WAV32K", "REF_WAV_LENGTHS")}
+        missing = [n for n in ("REF_PHONES", "REF_BERT", "REF_SSL", "REF_SPECS", "REF_SPEC_FRAMES") if values[n] is None]
+        if missing:
+            raise RequestError(f"REF_KEY needs {', '.join(missing)}")
+
+        def compute() -> EngineReference:
+            specs = reference_mod.split_by_lengths(values["REF_SPECS"], values["REF_SPEC_FRAMES"], axis=1)
+            sv = None
+            if self.engine.is_pro:
+                if values["REF_WAV32K"] is None or values["REF_WAV_LENGTHS"] is None:
+                    raise RequestError("a v2Pro/v2ProPlus voice needs REF_WAV32K and REF_WAV_LENGTHS")
+                clips = reference_mod.split_by_lengths(values["REF_WAV32K"], values["REF_WAV_LENGTHS"], axis=0)
+                if len(clips) != len(specs):
+                    raise RequestError(f"{len(clips)} clips for {len(specs)} spectrograms")
+                sv = [_sv_embedding(clip) for clip in clips]
+            return self.engine.make_reference(values["REF_PHONES"], values["REF_BERT"], values["REF_SSL"], specs, sv)
+
+        value, hit, evicted = self.ref_cache.get_or_compute(_text(key), compute)
+        self.cache_metrics.count("hit" if hit else "miss")
+        self.cache_metrics.count("eviction", evicted)
+        return value
 
     def _response(self, audio: np.ndarray, finish_reason: str):
         return pb_utils.InferenceResponse(output_tensors=[

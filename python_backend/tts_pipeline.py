@@ -44,8 +44,10 @@ class Utterance:
 
 
 def voice_inputs(request: TTSRequest, bert: Callable[[str], np.ndarray], stream: bool,
-                 max_tokens: int | None, request_id: str) -> dict[str, np.ndarray]:
-    """The voice model's input tensors for all sentences of a request."""
+                 max_tokens: int | None, request_id: str,
+                 reference: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The voice model's input tensors for all sentences of a request (``reference``: the REF_*
+    tensors of a per-request reference, ``python_backend.reference.prepare``)."""
     phones, feats, counts = [], [], []
     for sentence in request.sentences:
         seq = sentence.phones
@@ -66,15 +68,20 @@ def voice_inputs(request: TTSRequest, bert: Callable[[str], np.ndarray], stream:
         inputs["SEED"] = np.array([request.seed], np.int64)
     if max_tokens is not None:
         inputs["MAX_TOKENS"] = np.array([max_tokens], np.int32)
+    if reference is not None:
+        inputs.update(reference)
     return inputs
 
 
 def synthesize(request: TTSRequest, bert: Callable[[str], np.ndarray],
                voice: Callable[[str, dict], Iterable[VoiceChunk]], stream: bool = False,
-               max_tokens: int | None = None, request_id: str | None = None) -> Iterator[VoiceChunk]:
-    """Yield the voice model's chunks for ``request``, checking they all come from one version."""
+               max_tokens: int | None = None, request_id: str | None = None,
+               reference: Callable[[TTSRequest], dict[str, np.ndarray]] | None = None) -> Iterator[VoiceChunk]:
+    """Yield the voice model's chunks for ``request``, checking they all come from one version.
+    ``reference(request)`` prepares a per-request reference's tensors (cached by the caller)."""
     rid = request_id or uuid.uuid4().hex
-    inputs = voice_inputs(request, bert, stream, max_tokens, rid)
+    ref = reference(request) if (reference is not None and request.reference is not None) else None
+    inputs = voice_inputs(request, bert, stream, max_tokens, rid, ref)
     version = None
     for chunk in voice(voice_model(request.voice), inputs):
         if version is None:

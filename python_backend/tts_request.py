@@ -13,6 +13,7 @@ import numpy as np
 
 from python_backend.errors import INVALID_ARG, NOT_FOUND, RequestError  # noqa: F401 (re-exported)
 from python_backend.layout import LayoutError, check_voice_name
+from python_backend.reference import ReferenceRequest, parse_reference
 from python_backend.text.frontend import PhoneSequence, TextError, normalize_language
 from python_backend.text.frontend import sentences as text_sentences
 
@@ -53,6 +54,7 @@ class TTSRequest:
     params: dict[str, float] = field(default_factory=lambda: {k: p.default for k, p in PARAMS.items()})
     seed: int | None = None
     sentences: list[Sentence] = field(default_factory=list)
+    reference: ReferenceRequest | None = None  #: a clip sent with the request (None: the voice's own)
 
 
 def decode_text(raw, name: str) -> str:
@@ -121,6 +123,12 @@ def parse(inputs: dict[str, object]) -> TTSRequest:
             raise RequestError(f"SEED must be a non-negative integer, got {seed_value:g}")
         seed = int(seed_value)
     request = TTSRequest(text=text, voice=voice, language=language, params=params, seed=seed)
+    request.reference = parse_reference(inputs, decode_text, language)
+    if request.reference is not None:
+        try:
+            request.reference.language = normalize_language(request.reference.language)
+        except TextError as exc:
+            raise RequestError(f"REF_LANGUAGE: {exc}") from None
     request.sentences = sentences(text, language)
     return request
 

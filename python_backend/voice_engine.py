@@ -138,6 +138,21 @@ def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
 
 
 @dataclass
+class EngineReference:
+    """A reference other than the version's own (a per-request clip): what the GPT is prompted
+    with and what conditions SoVITS. ``prompts`` of length 0 is not supported by the exported
+    prefill graph (upstream's reference-free mode); callers refuse it before submitting."""
+
+    phones: np.ndarray  #: int64 [P] reference transcript phones
+    bert: np.ndarray  #: float32 [1024, P]
+    prompts: np.ndarray  #: int64 [1, T] prompt semantic tokens
+    ge: np.ndarray  #: float32 [1, gin, 1] speaker conditioning (mean over the reference clips)
+
+    def nbytes(self) -> int:
+        return int(self.phones.nbytes + self.bert.nbytes + self.prompts.nbytes + self.ge.nbytes)
+
+
+@dataclass
 class SynthesisRequest:
     """One sentence for this voice: target phones and BERT features (from the text front end)."""
 
@@ -152,6 +167,7 @@ class SynthesisRequest:
     seed: int | None = None  #: same seed + same request on an idle engine -> same audio
     max_tokens: int | None = None  #: 1..1500; caps :func:`token_budget`
     stream: bool = False  #: emit audio in chunks while the GPT decodes
+    reference: EngineReference | None = None  #: None: the version's own reference (reference.npz)
 
     def validate(self, phone_vocab_size: int | None = None) -> None:
         phones = np.asarray(self.phones)
@@ -309,6 +325,8 @@ class VoiceEngine:
         # (compare pipelines on equal work; random-weight GPTs emit EOS at arbitrary points)
         self.eos_mask_steps = MAX_TOKENS + 1 if ignore_eos else sampling.EOS_MASK_STEPS
         opts, prov = session_options(threads), providers()
+        self._options, self._providers, self._ref_stages = opts, prov, None
+        self._ref_lock = threading.Lock()
         self.gpt = GPTRunner(self.folder / "gpt_prefill.onnx", self.folder / "gpt_step.onnx", prov, opts)
         self.sovits = OnnxStage(self.folder / "sovits.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
                                 inputs=("codes", "code_lengths", "phones", "phone_lengths", "ge", "noise", "speed"),
@@ -343,6 +361,48 @@ class VoiceEngine:
         ]
         for t in self._threads:
             t.start()
+
+    # ------------------------------------------------------------------ references
+    @property
+    def is_pro(self) -> bool:
+        """v2Pro/v2ProPlus: the speaker graph also takes a speaker-verification embedding."""
+        return self.manifest.sovits_version in ("v2Pro", "v2ProPlus")
+
+    def _reference_stages(self) -> tuple[OnnxStage, OnnxStage]:
+        """The version's prompt_codes and speaker graphs, opened on the first per-request reference."""
+        with self._ref_lock:
+            if self._ref_stages is None:
+                codes = OnnxStage(self.folder / "prompt_codes.onnx", "gpt-sovits-s2", inputs=("ssl",),
+                                  outputs=("codes",), options=self._options, provider_list=self._providers)
+                names = ("refer_spec", "sv_emb") if self.is_pro else ("refer_spec",)
+                speaker = OnnxStage(self.folder / "speaker.onnx", "gpt-sovits-s2", inputs=names, outputs=("ge",),
+                                    options=self._options, provider_list=self._providers)
+                self._ref_stages = (codes, speaker)
+            return self._ref_stages
+
+    def make_reference(self, phones: np.ndarray, bert: np.ndarray, ssl: np.ndarray, specs: list[np.ndarray],
+                       sv_embs: list[np.ndarray] | None = None) -> EngineReference:
+        """Upstream's prompt from a clip: prompt tokens from its SSL features [768, T], ge from
+        each spectrogram [1025, F] (+ its sv_emb [20480] for Pro voices), averaged over the
+        clips as upstream fuses ``aux_ref_audio_paths``."""
+        codes_stage, speaker = self._reference_stages()
+        prompts = codes_stage.run(ssl=np.asarray(ssl, np.float32)[None])["codes"].astype(np.int64).reshape(1, -1)
+        if prompts.shape[1] == 0:
+            raise RequestError("the reference clip is too short for one prompt token")
+        ges = []
+        for i, spec in enumerate(specs):
+            feeds = {"refer_spec": np.asarray(spec, np.float32)[None]}
+            if self.is_pro:
+                if sv_embs is None or i >= len(sv_embs):
+                    raise RequestError("a v2Pro/v2ProPlus voice needs a speaker-verification embedding per clip")
+                feeds["sv_emb"] = np.asarray(sv_embs[i], np.float32).reshape(1, -1)
+            ges.append(speaker.run(**feeds)["ge"].astype(np.float32))
+        ge = np.mean(np.stack(ges, 0), axis=0).reshape(1, -1, 1).astype(np.float32)
+        phones = np.asarray(phones, np.int64).reshape(-1)
+        bert = np.asarray(bert, np.float32)
+        if bert.shape != (BERT_DIM, phones.size):
+            raise RequestError(f"REF_BERT shape {bert.shape} does not match {phones.size} reference phones")
+        return EngineReference(phones=phones, bert=bert, prompts=prompts, ge=ge)
 
     # ------------------------------------------------------------------ public
     @property
@@ -418,15 +478,18 @@ class VoiceEngine:
 
     def _prefill(self, batch: "_Batch", r: _Request) -> None:
         req = r.req
-        phones = np.concatenate([self.ref_phones, np.asarray(req.phones, np.int64)])[None]
-        bert = np.concatenate([self.ref_bert, np.asarray(req.bert, np.float32)], axis=1)[None]
+        ref_phones, ref_bert, prompts = self.ref_phones, self.ref_bert, self.prompts
+        if req.reference is not None:
+            ref_phones, ref_bert, prompts = req.reference.phones, req.reference.bert, req.reference.prompts
+        phones = np.concatenate([ref_phones, np.asarray(req.phones, np.int64)])[None]
+        bert = np.concatenate([ref_bert, np.asarray(req.bert, np.float32)], axis=1)[None]
         t0 = time.perf_counter()
-        logits, k, v = self.gpt.prefill(phones, bert, self.prompts)
+        logits, k, v = self.gpt.prefill(phones, bert, prompts)
         self.seconds["prefill"] += time.perf_counter() - t0
         r.handle.admitted_at = time.monotonic()
-        n_prompt = self.prompts.shape[1]
+        n_prompt = prompts.shape[1]
         history = np.empty(n_prompt + r.budget, np.int64)
-        history[:n_prompt] = self.prompts[0]
+        history[:n_prompt] = prompts[0]
         batch.add(_Row(r, np.random.default_rng(r.handle.seed), history, n_prompt), logits, k, v)
         self.stats["prefills"] += 1
 
@@ -562,7 +625,7 @@ class VoiceEngine:
             f0 = round(LATENT_FRAMES_PER_TOKEN * j.c0 / speed)
             piece = j.r.noise[:, f0: f0 + latent_frames(j.codes.size, speed)]
             noise[row, :, : piece.shape[1]] = piece
-        ge = np.repeat(self.ge, b, axis=0)
+        ge = np.concatenate([self.ge if j.r.req.reference is None else j.r.req.reference.ge for j in jobs], axis=0)
         t0 = time.perf_counter()
         lat = self.sovits.run(codes=codes, code_lengths=np.array([j.codes.size for j in jobs], np.int64),
                               phones=phones, phone_lengths=np.array([len(j.r.req.phones) for j in jobs], np.int64),
