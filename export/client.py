@@ -35,12 +35,12 @@ class Reference:
 
     audio: np.ndarray  #: float32 [N] mono
     sample_rate: int
-    text: str
+    text: str | None  #: None: upstream's reference-free mode (the clip conditions only the timbre)
     language: str | None = None
     aux: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
-    def from_files(cls, path: Path, text: str, language: str | None = None, aux: list[Path] = ()) -> "Reference":
+    def from_files(cls, path: Path, text: str | None, language: str | None = None, aux: list[Path] = ()) -> "Reference":
         import soundfile as sf
 
         from python_backend.audio import resample
@@ -61,8 +61,9 @@ class Reference:
 
     def tensors(self) -> dict[str, tuple[np.ndarray, str]]:
         out = {"REF_AUDIO": (self.audio.astype(np.float32), "FP32"),
-               "REF_SAMPLE_RATE": (np.array([self.sample_rate], np.int32), "INT32"),
-               "REF_TEXT": (np.array([self.text.encode("utf-8")], dtype=object), "BYTES")}
+               "REF_SAMPLE_RATE": (np.array([self.sample_rate], np.int32), "INT32")}
+        if self.text is not None:
+            out["REF_TEXT"] = (np.array([self.text.encode("utf-8")], dtype=object), "BYTES")
         if self.language:
             out["REF_LANGUAGE"] = (np.array([self.language.encode()], dtype=object), "BYTES")
         if self.aux:
@@ -185,7 +186,7 @@ def add_say_parser(sub) -> None:
     p.add_argument("--noise-scale", type=float)
     p.add_argument("--max-tokens", type=int, help="cap on semantic tokens per sentence (25 per second of audio)")
     p.add_argument("--ref-audio", type=Path, help="a reference clip for this request (3-10 s) instead of the voice's own")
-    p.add_argument("--ref-text", help="the reference clip's transcript (required with --ref-audio)")
+    p.add_argument("--ref-text", help="the reference clip's transcript (without it: upstream's reference-free mode)")
     p.add_argument("--ref-lang", choices=MODES, help="the transcript's language mode (default: --language)")
     p.add_argument("--aux-ref", type=Path, action="append", default=[],
                    help="extra clips whose speaker conditioning is averaged in (repeatable, at most 8)")
@@ -200,8 +201,6 @@ def cmd_say(args) -> int:
               "NOISE_SCALE": args.noise_scale, "MAX_TOKENS": args.max_tokens}
     reference = None
     if args.ref_audio is not None:
-        if not args.ref_text:
-            raise ClientError("--ref-audio needs --ref-text (the clip's transcript)")
         reference = Reference.from_files(args.ref_audio, args.ref_text, args.ref_lang, args.aux_ref)
     elif args.ref_text or args.aux_ref:
         raise ClientError("--ref-text and --aux-ref need --ref-audio")

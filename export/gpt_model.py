@@ -96,7 +96,10 @@ def sine_position(pos: torch.Tensor, d_model: int) -> torch.Tensor:
     """
     div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
     angle = pos.to(torch.float32).unsqueeze(-1) * div
-    return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(-2)
+    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1)
+    # explicit last size, not flatten's -1: an empty position list (no prompt tokens) must
+    # reshape too, and onnxruntime cannot infer -1 from zero elements
+    return pe.reshape(*pe.shape[:-2], d_model)
 
 
 class _Embedding(nn.Module):
@@ -223,7 +226,8 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- public
     def prefill(self, phones: torch.Tensor, bert: torch.Tensor, prompts: torch.Tensor):
-        """phones [B,P] int64, bert [B,bert_dim,P] f32, prompts [B,T] int64 (T >= 1).
+        """phones [B,P] int64, bert [B,bert_dim,P] f32, prompts [B,T] int64 (T >= 0; T = 0 is
+        upstream's reference-free mode: the first token is predicted from the last phone).
 
         Returns logits [B,V] for the first new token and caches [L,B,P+T,D].
         """
@@ -330,7 +334,7 @@ def gpt_graph_specs(model: GPT, prefill_args: tuple | None = None, step_args: tu
     ex_prefill, ex_step = example_inputs(model.cfg)
     prefill_args = prefill_args if prefill_args is not None else ex_prefill
     step_args = step_args if step_args is not None else ex_step
-    meta = model.metadata()
+    meta = {**model.metadata(), "empty_prompts": "1"}  # the prefill accepts T = 0 (reference-free)
     cache_out = {1: "batch", 2: "cache_out"}
     step_names = list(step_io(model.cfg.n_layer)[0])
     return [

@@ -80,6 +80,8 @@ class GPTRunner:
         self.vocab_size = int(meta_p["vocab_size"])
         self.phone_vocab_size = int(meta_p["phone_vocab_size"])
         self.eos = int(meta_p["eos"])
+        # exports before reference-free support could not reshape an empty prompt list
+        self.empty_prompts = meta_p.get("empty_prompts") == "1"
         self.last_stop_reason: str | None = None
 
     # ------------------------------------------------------------ graph calls

@@ -51,7 +51,7 @@ class ReferenceRequest:
     """A checked per-request reference (nothing computed yet)."""
 
     main: Clip
-    text: str
+    text: str | None  #: None: upstream's reference-free mode (no prompt tokens, no reference phones)
     language: str
     aux: list[Clip] = field(default_factory=list)
     key: str = ""
@@ -88,7 +88,8 @@ def _rate(value) -> int:
 def reference_key(ref: ReferenceRequest) -> str:
     """sha256 over everything that decides the reference's tensors."""
     h = hashlib.sha256()
-    for part in (ref.text.encode(), b"\0", ref.language.encode(), b"\0"):
+    text = b"\x01" if ref.text is None else b"\x02" + ref.text.encode()   # free vs any transcript
+    for part in (text, b"\0", ref.language.encode(), b"\0"):
         h.update(part)
     for clip in [ref.main, *ref.aux]:
         h.update(np.int64(clip.rate).tobytes())
@@ -110,12 +111,11 @@ def parse_reference(inputs: dict, text_of: Callable[[object, str], str], default
         return None
     rate = _rate(inputs.get("REF_SAMPLE_RATE"))
     main = _check_clip(audio, rate, "REF_AUDIO", MIN_SECONDS, MAX_SECONDS)
-    if inputs.get("REF_TEXT") is None:
-        raise RequestError("REF_TEXT (the clip's transcript) is required with REF_AUDIO; reference-free "
-                           "requests are not supported yet")
-    text = text_of(inputs["REF_TEXT"], "REF_TEXT").strip()
-    if not text:
-        raise RequestError("REF_TEXT is empty")
+    text = None  # no transcript: upstream's reference-free mode
+    if inputs.get("REF_TEXT") is not None:
+        text = text_of(inputs["REF_TEXT"], "REF_TEXT").strip()
+        if not text:
+            raise RequestError("REF_TEXT is empty (leave it out for the reference-free mode)")
     language = default_language
     if inputs.get("REF_LANGUAGE") is not None:
         language = text_of(inputs["REF_LANGUAGE"], "REF_LANGUAGE").strip().lower()
@@ -156,22 +156,26 @@ def prepare(ref: ReferenceRequest, phones_of: Callable[[str, str], object], ssl_
     """The voice model's REF_* inputs for ``ref``.
 
     ``phones_of(text, language)`` → PhoneSequence (``frontend.reference_phones``),
-    ``ssl_of(wav16k_with_silence)`` → SSL [768, T] (``gsv_ssl``), ``bert_of(seq)`` → [1024, P]."""
-    seq = phones_of(ref.text, ref.language)
-    wav16k = _peak_limit(resample(ref.main.samples, ref.main.rate, 16000))
-    ssl = np.asarray(ssl_of(prompt_input(wav16k)[0]), np.float32)
+    ``ssl_of(wav16k_with_silence)`` → SSL [768, T] (``gsv_ssl``), ``bert_of(seq)`` → [1024, P].
+    Reference-free (no transcript): no phones, no SSL; the voice then prompts with nothing."""
     clips32 = [clip_32k(c) for c in [ref.main, *ref.aux]]
     specs = [reference_spectrogram(w) for w in clips32]
-    return {
+    out = {
         "REF_KEY": np.array([ref.key.encode()], dtype=object),
-        "REF_PHONES": np.asarray(seq.phone_ids, np.int64),
-        "REF_BERT": np.asarray(bert_of(seq), np.float32),
-        "REF_SSL": ssl,
+        "REF_PHONES": np.zeros(0, np.int64),
+        "REF_BERT": np.zeros((1024, 0), np.float32),
         "REF_SPECS": np.concatenate(specs, axis=1).astype(np.float32),
         "REF_SPEC_FRAMES": np.array([s.shape[1] for s in specs], np.int32),
         "REF_WAV32K": np.concatenate(clips32).astype(np.float32),
         "REF_WAV_LENGTHS": np.array([w.size for w in clips32], np.int32),
     }
+    if ref.text is not None:
+        seq = phones_of(ref.text, ref.language)
+        wav16k = _peak_limit(resample(ref.main.samples, ref.main.rate, 16000))
+        out["REF_SSL"] = np.asarray(ssl_of(prompt_input(wav16k)[0]), np.float32)
+        out["REF_PHONES"] = np.asarray(seq.phone_ids, np.int64)
+        out["REF_BERT"] = np.asarray(bert_of(seq), np.float32)
+    return out
 
 
 def split_by_lengths(flat: np.ndarray, lengths: np.ndarray, axis: int) -> list[np.ndarray]:

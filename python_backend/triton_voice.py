@@ -201,7 +201,7 @@ class TritonPythonModel:
             return None
         values = {n: _value(request, n) for n in ("REF_PHONES", "REF_BERT", "REF_SSL", "REF_SPECS",
                                                     "REF_SPEC_FRAMES", "REF_WAV32K", "REF_WAV_LENGTHS")}
-        missing = [n for n in ("REF_PHONES", "REF_BERT", "REF_SSL", "REF_SPECS", "REF_SPEC_FRAMES") if values[n] is None]
+        missing = [n for n in ("REF_PHONES", "REF_BERT", "REF_SPECS", "REF_SPEC_FRAMES") if values[n] is None]
         if missing:
             raise RequestError(f"REF_KEY needs {', '.join(missing)}")
 

@@ -140,12 +140,11 @@ def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
 @dataclass
 class EngineReference:
     """A reference other than the version's own (a per-request clip): what the GPT is prompted
-    with and what conditions SoVITS. ``prompts`` of length 0 is not supported by the exported
-    prefill graph (upstream's reference-free mode); callers refuse it before submitting."""
+    with and what conditions SoVITS."""
 
     phones: np.ndarray  #: int64 [P] reference transcript phones
     bert: np.ndarray  #: float32 [1024, P]
-    prompts: np.ndarray  #: int64 [1, T] prompt semantic tokens
+    prompts: np.ndarray  #: int64 [1, T] prompt semantic tokens (T = 0: reference-free)
     ge: np.ndarray  #: float32 [1, gin, 1] speaker conditioning (mean over the reference clips)
 
     def nbytes(self) -> int:
@@ -380,15 +379,24 @@ class VoiceEngine:
                 self._ref_stages = (codes, speaker)
             return self._ref_stages
 
-    def make_reference(self, phones: np.ndarray, bert: np.ndarray, ssl: np.ndarray, specs: list[np.ndarray],
+    def make_reference(self, phones: np.ndarray, bert: np.ndarray, ssl: np.ndarray | None, specs: list[np.ndarray],
                        sv_embs: list[np.ndarray] | None = None) -> EngineReference:
         """Upstream's prompt from a clip: prompt tokens from its SSL features [768, T], ge from
         each spectrogram [1025, F] (+ its sv_emb [20480] for Pro voices), averaged over the
-        clips as upstream fuses ``aux_ref_audio_paths``."""
+        clips as upstream fuses ``aux_ref_audio_paths``.  ``ssl`` None: reference-free (no
+        prompt tokens; ``phones`` empty), as upstream runs a request without prompt text."""
         codes_stage, speaker = self._reference_stages()
-        prompts = codes_stage.run(ssl=np.asarray(ssl, np.float32)[None])["codes"].astype(np.int64).reshape(1, -1)
-        if prompts.shape[1] == 0:
-            raise RequestError("the reference clip is too short for one prompt token")
+        if ssl is None:
+            if not self.gpt.empty_prompts:
+                raise RequestError(f"voice version {self.manifest.version} was exported before reference-free "
+                                   "requests were supported; re-export it, or send REF_TEXT")
+            if np.asarray(phones).size:
+                raise RequestError("a reference-free request has no reference phones")
+            prompts = np.zeros((1, 0), np.int64)
+        else:
+            prompts = codes_stage.run(ssl=np.asarray(ssl, np.float32)[None])["codes"].astype(np.int64).reshape(1, -1)
+            if prompts.shape[1] == 0:
+                raise RequestError("the reference clip is too short for one prompt token")
         ges = []
         for i, spec in enumerate(specs):
             feeds = {"refer_spec": np.asarray(spec, np.float32)[None]}

@@ -48,7 +48,6 @@ def test_key_depends_on_audio_text_language_and_aux():
     ({"REF_AUDIO": clip()[None]}, "1-D"),
     ({"REF_SAMPLE_RATE": np.array([96000], np.int32)}, "outside 8000-48000"),
     ({"REF_SAMPLE_RATE": None}, "REF_SAMPLE_RATE is required"),
-    ({"REF_TEXT": None}, "REF_TEXT (the clip's transcript) is required"),
     ({"REF_TEXT": b("   ")}, "REF_TEXT is empty"),
     ({"AUX_REF_AUDIO": np.zeros((9, RATE), np.float32) + 0.1, "AUX_REF_LENGTHS": np.full(9, RATE, np.int32)}, "at most 8"),
     ({"AUX_REF_AUDIO": np.zeros((1, RATE), np.float32) + 0.1}, "go together"),
@@ -58,6 +57,12 @@ def test_bad_references_name_the_cause(extra, needle):
     with pytest.raises(RequestError) as info:
         parse_reference({k: v for k, v in inputs(**extra).items() if v is not None}, decode_text, "zh")
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_no_transcript_is_the_reference_free_mode():
+    free = parse_reference({k: v for k, v in inputs().items() if k != "REF_TEXT"}, decode_text, "zh")
+    assert free.text is None
+    assert free.key != parse_reference(inputs(REF_TEXT=b("。")), decode_text, "zh").key
 
 
 def test_text_without_audio_is_refused():

@@ -35,6 +35,15 @@ def served(tmp_path_factory):
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def version_dir(served, tmp_path_factory):
+    server, _ = served
+    from python_backend import layout
+
+    vdir = layout.voice_dir(server.repo, "alpha")
+    return vdir / str(layout.version_numbers(vdir)[-1])
+
+
 def _own_reference(src) -> Reference:
     return Reference.from_files(src / "ref.wav", REF_TEXT, "zh")
 
@@ -78,6 +87,43 @@ def test_a_reference_changes_the_voice_and_is_cached(served):
     assert a.audio.size != default.audio.size or not np.allclose(a.audio, default.audio, atol=1e-3)
     assert _metric(server, "hit", "tts") >= hits + 1
     assert _metric(server, "hit", "voice_alpha") >= 1
+
+
+def test_reference_free_request_speaks_without_prompt_tokens(served):
+    """No REF_TEXT: upstream's reference-free mode (the clip only conditions SoVITS)."""
+    server, src = served
+    own = _own_reference(src)
+    free = Reference(audio=own.audio, sample_rate=own.sample_rate, text=None, language="zh")
+    a = synthesize(TEXT, "alpha", server.grpc_url, reference=free, **FIXED)
+    b = synthesize(TEXT, "alpha", server.grpc_url, reference=free, **FIXED)
+    prompted = synthesize(TEXT, "alpha", server.grpc_url, reference=own, **FIXED)
+    assert a.audio.size > 0 and a.audio.size == b.audio.size and np.allclose(a.audio, b.audio, atol=1e-4)
+    assert a.audio.size != prompted.audio.size or not np.allclose(a.audio, prompted.audio, atol=1e-3)
+
+
+def test_versions_exported_before_reference_free_support_refuse_it(version_dir, tmp_path):
+    """A prefill graph without the ``empty_prompts`` mark (older exports) cannot take T = 0."""
+    import shutil
+
+    import onnx
+
+    from python_backend.spectrogram import reference_spectrogram
+    from python_backend.voice_engine import RequestError, VoiceEngine
+
+    old = tmp_path / "1"
+    shutil.copytree(version_dir, old)
+    graph = onnx.load(str(old / "gpt_prefill.onnx"))
+    kept = [p for p in graph.metadata_props if p.key != "empty_prompts"]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, str(old / "gpt_prefill.onnx"))
+    engine = VoiceEngine(old)
+    try:
+        spec = reference_spectrogram(np.random.default_rng(0).standard_normal(32000 * 4).astype(np.float32) * 0.1)
+        with pytest.raises(RequestError, match="re-export"):
+            engine.make_reference(np.zeros(0, np.int64), np.zeros((1024, 0), np.float32), None, [spec])
+    finally:
+        engine.close(timeout=5)
 
 
 def test_concurrent_requests_with_different_references_do_not_bleed(served):
