@@ -138,7 +138,7 @@ def prepare(cache: Path, size: str, int8: bool) -> dict:
     if not layout.version_numbers(layout.voice_dir(repo, "demo")):
         log("exporting voice demo (fp32)")
         cli(["export", *common, "--voice", "demo", "--hubert", str(demo / "chinese-hubert-base"),
-             "--bert", str(demo / "chinese-roberta-wwm-ext-large")])
+             "--bert", str(demo / "chinese-roberta-wwm-ext-large"), "--g2pw", str(demo / "G2PWModel")])
     voices, int8_error = {"fp32": "demo"}, None
     failed = cache / "int8-export-failed.txt"  # an export that failed is not retried on every run
     if int8 and failed.is_file():
@@ -721,6 +721,12 @@ def write_reports(res: dict, out: Path) -> None:
                    f"{fmt(fp.get('gpt_step_ms_b8'), 1)} ms at batch 8 ({fmt(fp.get('gpt_tokens_per_s_b8'), 0)} tokens/s); "
                    f"per 10 s of audio SoVITS {fmt(fp.get('sovits_ms_per_10s'), 0)} ms and vocoder "
                    f"{fmt(fp.get('vocoder_ms_per_10s'), 0)} ms.", ""]
+    rf = res.get("reference") or {}
+    if rf:
+        readme += [f"A reference clip sent with the request ({rf['tokens']}-token requests): "
+                   f"{fmt(rf['no_reference_s'])} s without one, {fmt(rf['new_reference_s'])} s with a new clip "
+                   f"(+{fmt(rf['new_reference_overhead_s'])} s: SSL, BERT, prompt tokens, ge), "
+                   f"{fmt(rf['cached_reference_s'])} s with a cached one.", ""]
     fe = res.get("frontend") or {}
     if fe:
         cells = [f"{mode} {v['ms_per_100_chars']:.1f} ms" for mode, v in fe.items()
@@ -821,6 +827,13 @@ def triton_part(args, res: dict, prep: dict, levels: list[int], skip: set, cache
             ss["concurrency"] = sweep(url, voice, args.tokens, lv, args.per_client, server.pid)
             ss["peak_memory_mb"] = tree_memory(server.pid)["peak_mb_sum_of_hwm"]
             res["triton"][label] = ss
+        if "reference" not in skip:
+            from bench import reference as reference_bench
+
+            log("a reference clip per request: new vs cached")
+            res["reference"] = reference_bench.measure(url, prep["voices"]["fp32"], prep["demo"], REF_TEXT)
+            log(f"  overhead new {res['reference']['new_reference_overhead_s']:.2f} s, "
+                f"cached {res['reference']['cached_reference_overhead_s']:.2f} s")
         if "perf_analyzer" not in skip:
             res["perf_analyzer"] = perf_analyzer(url, cache, args.tokens, args.pa_concurrency, args.pa_requests, 1200)
         if "swap" not in skip:
@@ -850,7 +863,7 @@ def main(argv=None) -> int:
     p.add_argument("--pa-requests", type=int, default=3, help="perf_analyzer requests per measurement window")
     p.add_argument("--reuse", type=Path, help="an earlier latest.json: take its parts instead of measuring them again")
     p.add_argument("--redo", default="", help="with --reuse: comma list of parts to measure again: baseline,triton,profile")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile,frontend")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile,frontend,reference")
     p.add_argument("--readme", help="README whose performance section to rewrite (default: the "
                    "project README when --out is bench/results; pass --readme '' for none)")
     args = p.parse_args(argv)

@@ -1,0 +1,40 @@
+"""What a reference clip sent with the request costs (api_v2's ref_audio_path per call).
+
+Against a running server: the same short request (``tokens`` semantic tokens, so the audio
+work is small and the reference work shows) without a reference, with a reference the server
+has not seen (a new clip each time: SSL, BERT, spectrogram, prompt tokens and ge computed), and
+with one it has cached. Medians of ``repeats`` requests each.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEXT = "今天天气很好，我们去公园散步吧。"
+
+
+def measure(url: str, voice: str, demo: Path, ref_text: str, tokens: int = 25, repeats: int = 3) -> dict:
+    from export.client import Reference, synthesize
+
+    own = Reference.from_files(Path(demo) / "ref.wav", ref_text, "zh")
+
+    def timed(ref) -> float:
+        start = time.perf_counter()
+        synthesize(TEXT, voice, url, reference=ref, MAX_TOKENS=tokens, SEED=0, TOP_K=1)
+        return time.perf_counter() - start
+
+    timed(None)  # warm
+    plain = statistics.median(timed(None) for _ in range(repeats))
+    fresh = []
+    for i in range(repeats):  # a clip the caches have not seen: shifted by a different amount each time
+        shift = (i + 1) * own.sample_rate // 7 + int(time.time_ns() % 997)
+        fresh.append(timed(Reference(audio=np.roll(own.audio, shift), sample_rate=own.sample_rate,
+                                     text=ref_text, language="zh")))
+    timed(own)
+    cached = statistics.median(timed(own) for _ in range(repeats))
+    new = statistics.median(fresh)
+    return {"tokens": tokens, "no_reference_s": plain, "new_reference_s": new, "cached_reference_s": cached,
+            "new_reference_overhead_s": new - plain, "cached_reference_overhead_s": cached - plain}
