@@ -224,39 +224,10 @@ def _read_char_table(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-_T2S: tuple[object, dict[str, str]] | None = None  # (upstream folder it came from, table)
-_T2S_LOCK = threading.Lock()
-
-
-def _traditional_to_simplified_table() -> dict[str, str]:
-    """Upstream's zh_normalization/char_convert.py character table, parsed as literals.
-
-    Absent file: an empty table (pypinyin reads traditional characters itself, so only a few
-    phrase readings can differ).  Reloaded when the configured upstream folder changes.
-    """
-    global _T2S
-    source = resources.upstream_text_dir()
-    with _T2S_LOCK:
-        if _T2S is None or _T2S[0] != source:
-            table: dict[str, str] = {}
-            path = resources.upstream_file("char_convert")
-            if path is not None:
-                values: dict[str, str] = {}
-                for node in ast.parse(path.read_text(encoding="utf-8")).body:
-                    if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                            and isinstance(node.targets[0], ast.Name)
-                            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-                        values[node.targets[0].id] = node.value.value
-                simp = values.get("simplified_charcters", "")
-                trad = values.get("traditional_characters", "")
-                for s, t in zip(simp, trad):
-                    table[t] = s
-            _T2S = (source, table)
-        return _T2S[1]
-
-
 def traditional_to_simplified(text: str) -> str:
-    table = _traditional_to_simplified_table()
+    """Upstream's character table (absent file: unchanged; pypinyin reads traditional
+    characters itself, so only a few phrase readings can differ)."""
+    table = resources.traditional_to_simplified_table()
     return "".join(table.get(ch, ch) for ch in text)
 
 

@@ -13,7 +13,9 @@ reports ``parity: false`` (see ``status()``).
 """
 from __future__ import annotations
 
+import ast
 import os
+import threading
 from pathlib import Path
 
 ENV_VAR = "GSV_UPSTREAM_TEXT"
@@ -62,3 +64,32 @@ def status() -> dict:
     found = {k: upstream_file(k) is not None for k in FILES}
     return {"upstream_text_dir": str(base) if base else None, "files": found,
             "parity": all(found.values())}
+
+
+_t2s_lock = threading.Lock()
+_t2s: tuple[Path | None, dict[str, str]] | None = None   # (folder it came from, table)
+
+
+def traditional_to_simplified_table() -> dict[str, str]:
+    """Upstream's traditional → simplified pairs (``zh_normalization/char_convert.py``: two
+    string literals, parsed, never imported; later pairs win as in upstream's dict build).
+    Empty without the file; read again when the configured folder changes."""
+    global _t2s
+    source = upstream_text_dir()
+    with _t2s_lock:
+        if _t2s is not None and _t2s[0] == source:
+            return _t2s[1]
+        table: dict[str, str] = {}
+        path = upstream_file("char_convert")
+        if path is not None:
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot parse {path}: {exc}") from None
+            literals = {node.targets[0].id: node.value.value for node in tree.body
+                        if isinstance(node, ast.Assign) and len(node.targets) == 1
+                        and isinstance(node.targets[0], ast.Name)
+                        and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+            table = dict(zip(literals.get("traditional_characters", ""), literals.get("simplified_charcters", "")))
+        _t2s = (source, table)
+        return table

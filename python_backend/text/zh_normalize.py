@@ -15,7 +15,6 @@ Everything here is a single left-to-right pass per step: linear in the text leng
 """
 from __future__ import annotations
 
-import ast
 import re
 import string
 import threading
@@ -47,35 +46,12 @@ _table_lock = threading.Lock()
 _char_table: dict[int, str] | None = None
 
 
-def _read_traditional_table() -> dict[str, str]:
-    """Traditional -> simplified pairs from upstream's char_convert.py (two literal strings).
-
-    The file is parsed, never imported.  Later pairs win, as in upstream's dict build.
-    """
-    path = resources.upstream_file("char_convert")
-    if path is None:
-        return {}
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot parse {path}: {exc}") from None
-    literals: dict[str, str] = {}
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            literals[node.targets[0].id] = node.value.value
-    simplified = literals.get("simplified_charcters", "")
-    traditional = literals.get("traditional_characters", "")
-    return dict(zip(traditional, simplified))
-
-
 def _character_table() -> dict[int, str]:
     """One ``str.translate`` table: traditional -> simplified, then full width -> ASCII."""
     global _char_table
     with _table_lock:
         if _char_table is None:
-            table = {ord(t): s for t, s in _read_traditional_table().items()}
+            table = {ord(t): s for t, s in resources.traditional_to_simplified_table().items()}
             for code, value in list(table.items()):
                 table[code] = _F2H.get(ord(value), value) if len(value) == 1 else value
             for code, value in _F2H.items():
