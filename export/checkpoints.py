@@ -62,6 +62,15 @@ class _StorageType:
     dtype: torch.dtype
 
 
+class _PickledOrderedDict(dict):
+    """``collections.OrderedDict`` as unpickled here: a module's ``state_dict()`` carries a
+    ``_metadata`` attribute (per-module format versions) that arrives through ``__setstate__``;
+    it is not needed to load weights and is dropped."""
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
     return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
 
@@ -71,7 +80,7 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None):
 
 
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): dict,
+    ("collections", "OrderedDict"): _PickledOrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("utils", "HParams"): HParams,
@@ -195,6 +204,20 @@ def read_gpt(path: str | Path) -> Checkpoint:
     if phones == 322 or model_cfg.get("phoneme_vocab_size") == 512:
         raise CheckpointError(f"{path}: GPT-SoVITS v1 GPT checkpoints are not supported (v2 phone table expected)")
     return Checkpoint(path, "gpt", "v2", state, config, info, hashlib.sha256(data).hexdigest())
+
+
+def read_state_dict(path: str | Path, flag: str) -> tuple[dict[str, torch.Tensor], str]:
+    """A bare state dict saved with ``torch.save`` (e.g. the SV model), and the file's sha256."""
+    path = Path(path)
+    data = _read_file(path)
+    if data[:2] != b"PK":
+        legacy = " (the pre-1.6 torch format, not supported)" if data[:1] == b"\x80" else ""
+        raise CheckpointError(f"{flag} {path}: not a torch zip checkpoint{legacy}")
+    obj = load_pickle_zip(path, data)
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = f"keys {sorted(map(str, obj))[:4]}" if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{flag} {path}: not a bare state dict of tensors (found {found})")
+    return {str(k): v for k, v in obj.items()}, hashlib.sha256(data).hexdigest()
 
 
 def read_sovits(path: str | Path) -> Checkpoint:

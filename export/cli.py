@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-DEMO_FILES = {"gpt": "gpt.ckpt", "sovits": "sovits.pth", "ref": "ref.wav", "text": "ref.txt", "sv": "sv_emb.npy"}
+DEMO_FILES = {"gpt": "gpt.ckpt", "sovits": "sovits.pth", "ref": "ref.wav", "text": "ref.txt", "sv": "sv.ckpt"}
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -23,7 +23,12 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", default="", help="free-form label, e.g. v2.1")
     p.add_argument("--hubert", type=Path, help="local chinese-hubert-base folder (once per repository)")
     p.add_argument("--bert", type=Path, help="local chinese-roberta-wwm-ext-large folder (once per repository)")
-    p.add_argument("--sv-emb", type=Path, help="v2Pro/v2ProPlus: the reference's 20480-d speaker embedding (.npy)")
+    p.add_argument("--sv-model", type=Path, metavar="FILE",
+                   help="speaker-verification checkpoint for v2Pro/v2ProPlus voices: upstream's "
+                        "pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt (once per repository)")
+    p.add_argument("--sv-emb", type=Path, metavar="FILE.npy",
+                   help="v2Pro/v2ProPlus: use this 20480-d speaker embedding (.npy) instead of computing it "
+                        "from the reference with the repository's SV model")
     p.add_argument("--g2pw", type=Path, help="GPT-SoVITS's G2PWModel folder (Chinese polyphones; once per repository)")
     p.add_argument("--upstream-text", type=Path,
                    help="GPT-SoVITS's GPT_SoVITS/text folder: upstream's dictionaries (once per repository)")
@@ -77,11 +82,9 @@ def cmd_demo_voice(args) -> int:
 
     g2pw_dir = write_demo_g2pw(out, args.seed)
     extra = ""
-    if args.sovits_version != "v2":
-        import numpy as np
-
-        np.save(out / DEMO_FILES["sv"], np.random.default_rng(args.seed).standard_normal(20480).astype("float32") * 0.1)
-        extra = f" --sv-emb {out / DEMO_FILES['sv']}"
+    if args.sovits_version != "v2":  # ERes2NetV2 has one size: the file is the official layout, 214 MB
+        demo.write_sv(out / DEMO_FILES["sv"], args.seed)
+        extra = f" --sv-model {out / DEMO_FILES['sv']}"
     print(f"wrote demo voice ({args.size}, {args.sovits_version}) to {out}")
     print(f"next: gsv-triton export --gpt {out / DEMO_FILES['gpt']} --sovits {out / DEMO_FILES['sovits']} "
           f"--ref-audio {out / DEMO_FILES['ref']} --ref-text '{demo.DEMO_TEXT}' --ref-lang zh "

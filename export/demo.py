@@ -12,6 +12,7 @@ import io
 import math
 import sys
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,36 @@ def write_reference(path: Path, seed: int, seconds: float = 4.0, rate: int = 320
 
 
 DEMO_TEXT = "你好，欢迎使用语音合成服务。"
+
+
+def sv_random_state(seed: int) -> dict[str, torch.Tensor]:
+    """Random ERes2NetV2 weights by the conformance kit's rule, so a kit of seed S can be rebuilt.
+
+    Each key draws from its own generator seeded with (seed, crc32(key)): batch-norm statistics
+    near identity, matrices scaled by 1/sqrt(fan-in), 1-D weights near 1, biases near 0.
+    """
+    from export.sv_model import expected_layout
+
+    state = {}
+    for key, (shape, dtype) in expected_layout().items():
+        gen = np.random.default_rng([seed, zlib.crc32(key.encode())])
+        if key.endswith("num_batches_tracked"):
+            value = np.zeros(shape)
+        elif key.endswith("running_var"):
+            value = gen.uniform(0.8, 1.2, shape)
+        elif key.endswith("running_mean"):
+            value = gen.normal(0.0, 0.05, shape)
+        elif len(shape) >= 2:
+            value = gen.normal(0.0, 1.0, shape) / math.sqrt(math.prod(shape[1:]))
+        elif key.endswith("weight"):
+            value = gen.uniform(0.8, 1.2, shape)
+        else:
+            value = gen.normal(0.0, 0.05, shape)
+        state[key] = torch.from_numpy(np.asarray(value)).to(dtype)
+    return state
+
+
+def write_sv(path: Path, seed: int) -> Path:
+    """A random-weight SV checkpoint in the official format (a bare state dict, torch.save)."""
+    torch.save(sv_random_state(seed), path)
+    return path

@@ -26,7 +26,7 @@ from export.gpt_model import GPT, gpt_graph_specs
 from export.onnx_io import OPSET, export_graph
 from export.repository import StagedVersion
 from export import text_resources
-from export.shared_models import ensure_shared
+from export.shared_models import SOURCE_FILE, SV, SV_HINT, check_sv_source, ensure_shared, latest
 from export.sovits_model import build_sovits
 from export.sovits_stages import sovits_graph_specs
 from python_backend import golden as golden_mod
@@ -36,6 +36,7 @@ from python_backend.gpt_runner import GPTRunner
 from python_backend.manifest import GraphEntry, Reference, SourceFile, VoiceManifest
 from python_backend.model_config import voice_model_spec
 from python_backend.onnx_stage import OnnxStage
+from python_backend.speaker_verification import SV_EMB_DIM, SVEmbedder
 from python_backend.spectrogram import reference_spectrogram
 from python_backend.validation import check_audio
 from python_backend.text import frontend
@@ -60,6 +61,7 @@ class ExportOptions:
     hubert: Path | None = None
     bert: Path | None = None
     sv_emb: Path | None = None
+    sv_model: Path | None = None
     g2pw: Path | None = None
     upstream_text: Path | None = None
     precision: str = "fp32"
@@ -72,7 +74,7 @@ class ExportOptions:
         return cls(
             gpt=args.gpt, sovits=args.sovits, ref_audio=args.ref_audio, ref_text=args.ref_text,
             ref_lang=args.ref_lang, voice=args.voice, repo=args.repo, version=args.version, label=args.label,
-            hubert=args.hubert, bert=args.bert, sv_emb=args.sv_emb, g2pw=args.g2pw,
+            hubert=args.hubert, bert=args.bert, sv_emb=args.sv_emb, sv_model=args.sv_model, g2pw=args.g2pw,
             upstream_text=args.upstream_text, precision=args.precision, int8_decode=args.int8_decode,
             progress=not args.no_progress)
 
@@ -86,6 +88,7 @@ class ReferenceData:
     sv_emb: np.ndarray | None
     ge: np.ndarray  # [1, gin, 1]
     seconds: float
+    sv_source: dict  # where sv_emb came from (manifest reference.sv_emb)
 
 
 def _sha256(path: Path) -> str:
@@ -125,15 +128,33 @@ def reference_data(opts: ExportOptions, sovits, shared, is_pro: bool) -> Referen
     ssl_sess = ort.InferenceSession(str(shared.ssl), providers=["CPUExecutionProvider"])
     ssl = ssl_sess.run(["ssl"], {"wav16k": prompt_input(clip.wav16k)})[0]
     spec = reference_spectrogram(clip.wav32k)
-    sv = None
-    if is_pro:
-        sv = np.load(opts.sv_emb).astype(np.float32).reshape(1, -1)
-        if sv.shape[1] != 20480:
-            raise InputError(f"--sv-emb {opts.sv_emb}: {sv.shape[1]} values, expected 20480")
+    sv, sv_source = _speaker_embedding(opts, shared, clip.wav32k) if is_pro else (None, {})
     with torch.no_grad():
         prompts = sovits.extract_codes(torch.from_numpy(ssl))[0].numpy().astype(np.int64)
         ge = sovits.get_ge(torch.from_numpy(spec[None]), None if sv is None else torch.from_numpy(sv)).numpy()
-    return ReferenceData(phones, bert, prompts, spec.astype(np.float32), sv, ge, clip.seconds)
+    return ReferenceData(phones, bert, prompts, spec.astype(np.float32), sv, ge, clip.seconds, sv_source)
+
+
+def _read_sv_emb(path: Path) -> np.ndarray:
+    try:
+        sv = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"--sv-emb {path}: not a readable .npy file ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if sv.size != SV_EMB_DIM or not np.issubdtype(sv.dtype, np.floating) or not np.isfinite(sv).all():
+        raise InputError(f"--sv-emb {path}: {sv.size} {sv.dtype} values, expected {SV_EMB_DIM} finite floats")
+    return sv.astype(np.float32).reshape(1, -1)
+
+
+def _speaker_embedding(opts: ExportOptions, shared, wav32k: np.ndarray) -> tuple[np.ndarray, dict]:
+    """v2Pro/v2ProPlus sv_emb: ``--sv-emb`` when given, else the repository's gsv_sv on the 32 kHz
+    reference exactly as the spectrogram sees it (upstream embeds that signal, resampled to 16 kHz)."""
+    if opts.sv_emb is not None:
+        sv = _read_sv_emb(Path(opts.sv_emb))
+        return sv, {"source": "file", "path": str(opts.sv_emb), "sha256": _sha256(Path(opts.sv_emb))}
+    folder = shared.sv.parent
+    sv = SVEmbedder(shared.sv, provider_list=["CPUExecutionProvider"]).embed(wav32k)
+    source = json.loads((folder / SOURCE_FILE).read_text())
+    return sv, {"source": layout.SV_MODEL, "version": int(folder.name), "checkpoint_sha256": source["sha256"]}
 
 
 def _torch_golden(gpt: GPT, sovits, ref: ReferenceData) -> golden_mod.GoldenSample:
@@ -180,6 +201,17 @@ def _open_graphs(folder: Path) -> tuple[GPTRunner, OnnxStage, OnnxStage]:
     return runner, OnnxStage(folder / "sovits.onnx"), OnnxStage(folder / "vocoder.onnx")
 
 
+def _check_speaker_inputs(opts: ExportOptions, version: str) -> None:
+    """--sv-emb / --sv-model readable and of the right kind, and a v2Pro/v2ProPlus voice able to get sv_emb."""
+    if opts.sv_emb is not None:
+        _read_sv_emb(Path(opts.sv_emb))
+    if opts.sv_model is not None:
+        check_sv_source(opts.repo, opts.sv_model)
+    elif version in ("v2Pro", "v2ProPlus") and opts.sv_emb is None and latest(opts.repo, SV)[0] is None:
+        raise InputError(f"{version} voices need a speaker-verification model and the repository has no "
+                         f"{layout.SV_MODEL} yet: pass --sv-model {SV_HINT} (or --sv-emb FILE.npy)")
+
+
 def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
     layout.check_voice_name(opts.voice)
     if opts.precision not in precision_mod.PRECISIONS:
@@ -192,8 +224,7 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
         raise InputError(f"--ref-lang {opts.ref_lang!r}: use one of {', '.join(LANGUAGES)}")
     gpt_ckpt, sovits_ckpt = read_gpt(opts.gpt), read_sovits(opts.sovits)
     check_pair(gpt_ckpt, sovits_ckpt)
-    if sovits_ckpt.version in ("v2Pro", "v2ProPlus") and opts.sv_emb is None:
-        raise InputError(f"{sovits_ckpt.version} voices need the reference's speaker-verification embedding: pass --sv-emb FILE.npy (20480 values)")
+    _check_speaker_inputs(opts, sovits_ckpt.version)
     try:
         load_reference(opts.ref_audio)
         reference_phones(opts.ref_text, opts.ref_lang, g2pw=None)   # readable at all (G2PW comes later)
@@ -210,7 +241,8 @@ def export_voice(opts: ExportOptions) -> Path:
     """Run the whole export; returns the published version folder."""
     gpt_ckpt, sovits_ckpt = _preflight(opts)
     bar = tqdm(total=7, desc="export", disable=not opts.progress, unit="step")
-    shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar)
+    is_pro = sovits_ckpt.version in ("v2Pro", "v2ProPlus")
+    shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar, opts.sv_model, need_sv=is_pro and opts.sv_emb is None)
     if opts.upstream_text is not None:
         text_resources.install_upstream_text(opts.repo, opts.upstream_text)
     if opts.g2pw is not None:
@@ -260,13 +292,15 @@ def export_voice(opts: ExportOptions) -> Path:
                      SourceFile(str(sovits_ckpt.path), sovits_ckpt.sha256, "sovits", sovits_ckpt.version)],
             graphs=_graph_entries(staged.path, reports),
             reference=Reference(text=opts.ref_text, language=opts.ref_lang, phones=int(ref.phones.size),
-                                prompt_tokens=int(ref.prompts.size), audio_seconds=round(ref.seconds, 3)),
+                                prompt_tokens=int(ref.prompts.size), audio_seconds=round(ref.seconds, 3),
+                                sv_emb=ref.sv_source),
             golden_file=golden_mod.GOLDEN_FILE, tolerances=tolerances,
             sizes={"gpt_layers": gpt.cfg.n_layer, "gpt_width": gpt.cfg.d_model, "gpt_heads": gpt.cfg.n_head,
                    "gin_channels": sovits.cfg.gin_channels, "eos": gpt.cfg.eos},
             tools={"exporter": EXPORTER_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
                    "onnxruntime": ort.__version__, "opset": str(OPSET),
-                   "shared_ssl": str(shared.ssl.relative_to(opts.repo)), "shared_bert": str(shared.bert.relative_to(opts.repo))},
+                   "shared_ssl": str(shared.ssl.relative_to(opts.repo)), "shared_bert": str(shared.bert.relative_to(opts.repo)),
+                   **({"shared_sv": str(shared.sv.relative_to(opts.repo))} if ref.sv_source.get("source") == layout.SV_MODEL else {})},
             quality=quality,
             text_frontend={k: text_status[k] for k in ("g2pw", "parity", "upstream_files")},
         )

@@ -4,6 +4,7 @@ REPO/
   voice_<NAME>/config.pbtxt       one Triton model per voice; versions are folders 1, 2, ...
   voice_<NAME>/<N>/manifest.json  graphs, reference.npz, golden.npz, model.py
   gsv_bert/, gsv_ssl/             shared auxiliary models, one copy for all voices
+  gsv_sv/                         shared speaker verification (v2Pro/v2ProPlus), from --sv-model
   .gsv/staging/                   versions being written (renamed into place when complete)
   .gsv/quarantine/                versions refused at load, with the reason
   .gsv/retired/                   versions taken out of service by a rollback
@@ -20,7 +21,8 @@ from pathlib import Path
 VOICE_PREFIX = "voice_"
 BERT_MODEL = "gsv_bert"
 SSL_MODEL = "gsv_ssl"
-RESERVED = {"tts", "tts_stream", BERT_MODEL, SSL_MODEL}
+SV_MODEL = "gsv_sv"
+RESERVED = {"tts", "tts_stream", BERT_MODEL, SSL_MODEL, SV_MODEL}
 STATE_DIR = ".gsv"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 

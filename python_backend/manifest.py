@@ -48,6 +48,9 @@ class Reference:
     phones: int  #: number of reference phones
     prompt_tokens: int  #: number of prompt semantic tokens
     audio_seconds: float
+    #: v2Pro/v2ProPlus: where sv_emb came from, {"source": "gsv_sv", "version": N, "checkpoint_sha256": ...}
+    #: (computed by the repository's shared model) or {"source": "file", "path": ..., "sha256": ...} (--sv-emb)
+    sv_emb: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -176,3 +176,12 @@ def ssl_model_spec() -> ModelSpec:
         inputs=[TensorSpec("WAV16K", "FP32", (-1,))],
         outputs=[TensorSpec("SSL", "FP32", (768, -1))],
     )
+
+
+def sv_model_spec() -> ModelSpec:
+    """Shared speaker verification (v2Pro/v2ProPlus): 32 kHz mono audio in, the 20480-d sv_emb out."""
+    return ModelSpec(
+        name="gsv_sv",
+        inputs=[TensorSpec("WAV32K", "FP32", (-1,))],
+        outputs=[TensorSpec("SV_EMB", "FP32", (1, 20480))],
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from python_backend import history, validation
+from python_backend import history, layout, validation
 from python_backend.triton_common import STUB_IPC, CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, send
 from python_backend.validation import ValidationError  # noqa: F401  (re-exported)
 from python_backend import reference as reference_mod
@@ -29,7 +29,7 @@ from python_backend.voice_engine import EngineReference, RequestError, VoiceEngi
 from python_backend.voice_request import Outgoing, Utterance, sentence_requests, split_sentences
 
 LOG = logging.getLogger("gsv.voice")
-SV_MODEL = "gsv_sv"
+
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PARAMS = {"TOP_K": ("top_k", int), "TOP_P": ("top_p", float), "TEMPERATURE": ("temperature", float),
           "REPETITION_PENALTY": ("repetition_penalty", float), "NOISE_SCALE": ("noise_scale", float),
@@ -48,7 +48,7 @@ def _text(value) -> str:
 
 def _sv_embedding(wav32k: np.ndarray) -> np.ndarray:
     """The shared speaker-verification model (``gsv_sv``) on one 32 kHz clip: [20480]."""
-    req = pb_utils.InferenceRequest(model_name=SV_MODEL, requested_output_names=["SV_EMB"],
+    req = pb_utils.InferenceRequest(model_name=layout.SV_MODEL, requested_output_names=["SV_EMB"],
                                     inputs=[pb_utils.Tensor("WAV32K", np.asarray(wav32k, np.float32))])
     resp = bls_exec(req)
     if resp.has_error():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,32 @@ def kit() -> Path:
     if not folder.is_dir():
         pytest.skip(f"conformance kit not found at {folder} (set GSV_CONFORMANCE_DIR)")
     return folder
+
+
+@dataclass(frozen=True)
+class SVBuild:
+    ckpt: Path  # official-format SV checkpoint
+    repo: Path  # a repository holding gsv_sv exported from it
+    graph: Path  # repo/gsv_sv/<N>/sv.onnx
+
+
+@pytest.fixture(scope="session")
+def sv_build(tmp_path_factory):
+    """``get(seed, ckpt=None) -> SVBuild``: gsv_sv exported from ``ckpt``, or from the checkpoint the
+    kit's rule gives for ``seed``; once per session per source (one SV export takes ~15 s on 2 cores)."""
+    built: dict[str, SVBuild] = {}
+
+    def get(seed: int, ckpt: Path | None = None) -> SVBuild:
+        key = str(ckpt) if ckpt is not None else f"seed{seed}"
+        if key not in built:
+            from export import demo
+            from export.shared_models import ensure_sv
+
+            root = tmp_path_factory.mktemp(f"sv_{key.replace('/', '_')[-40:]}")
+            if ckpt is None:
+                ckpt = demo.write_sv(root / f"sv_seed{seed}.ckpt", seed)
+            (root / "repo").mkdir()
+            built[key] = SVBuild(ckpt=ckpt, repo=root / "repo", graph=ensure_sv(root / "repo", ckpt))
+        return built[key]
+
+    return get

@@ -1,6 +1,8 @@
 """gsv-triton demo-voice + export on tiny random-weight voices: the repository it writes, and bad input."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
@@ -289,3 +291,99 @@ def test_next_version_never_reuses_quarantined_or_retired_numbers(tmp_path):
     layout.retired_root(tmp_path).mkdir(parents=True)
     (layout.retired_root(tmp_path) / "voice_a.5.20261125T000001Z").mkdir()
     assert next_version(tmp_path, "a") == 6
+
+
+# ---------------------------------------------------------------- v2Pro / v2ProPlus: sv_emb from the SV model
+
+@pytest.fixture(scope="module")
+def pro_voice(tmp_path_factory) -> tuple[Path, str]:
+    """A tiny v2ProPlus demo voice (with the full-size random SV checkpoint) and what demo-voice printed."""
+    out = tmp_path_factory.mktemp("pro")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["demo-voice", str(out), "--size", "tiny", "--seed", "4", "--sovits-version", "v2ProPlus"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pro_exported(pro_voice, tmp_path_factory) -> Path:
+    src, _ = pro_voice
+    repo = tmp_path_factory.mktemp("pro_repo")
+    assert cli.main(export_args(src, repo, "--sv-model", str(src / cli.DEMO_FILES["sv"]))) == 0
+    return repo
+
+
+def test_pro_demo_points_export_at_the_sv_model(pro_voice):
+    src, printed = pro_voice
+    assert f"--sv-model {src / cli.DEMO_FILES['sv']}" in printed and "--sv-emb" not in printed
+    assert (src / cli.DEMO_FILES["sv"]).read_bytes()[:2] == b"PK"  # torch zip, as torch.save writes it
+
+
+def test_pro_voice_sv_emb_computed_by_the_shared_sv_model(pro_exported, pro_voice):
+    """Checkpoints + SV checkpoint alone (no --sv-emb): gsv_sv is exported once and embeds the reference."""
+    from python_backend.audio import load_reference
+    from python_backend.speaker_verification import SVEmbedder
+
+    src, _ = pro_voice
+    version = pro_exported / "voice_demo" / "1"
+    manifest = VoiceManifest.read(version)
+    sv_sha = hashlib.sha256((src / cli.DEMO_FILES["sv"]).read_bytes()).hexdigest()
+    assert manifest.sovits_version == "v2ProPlus"
+    assert manifest.reference.sv_emb == {"source": "gsv_sv", "version": 1, "checkpoint_sha256": sv_sha}
+    assert manifest.tools["shared_sv"] == "gsv_sv/1/sv.onnx"
+    graph = pro_exported / "gsv_sv" / "1" / "sv.onnx"
+    want = SVEmbedder(graph).embed(load_reference(src / "ref.wav").wav32k)
+    got = np.load(version / "reference.npz")["sv_emb"]
+    np.testing.assert_allclose(got, want, atol=1e-5 * float(np.abs(want).max()), rtol=0)
+    config = text_format.Parse((pro_exported / "gsv_sv" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (config.name, [i.name for i in config.input], [list(o.dims) for o in config.output]) == ("gsv_sv", ["WAV32K"], [[1, 20480]])
+    assert "triton_sv" in (pro_exported / "gsv_sv" / "1" / "model.py").read_text()
+
+
+def test_pro_sv_emb_override_and_shared_sv_model_reused(pro_exported, pro_voice, tmp_path):
+    """--sv-emb wins over the SV model and is recorded as a file; the same --sv-model file again
+    reuses gsv_sv version 1 (the export path, without a second voice export)."""
+    from export.shared_models import ensure_shared
+    from export.voice_export import ExportOptions, _speaker_embedding
+
+    src, _ = pro_voice
+    shared = ensure_shared(pro_exported, None, None, sv_model=src / cli.DEMO_FILES["sv"])
+    assert layout.version_numbers(pro_exported / "gsv_sv") == [1] and shared.sv == pro_exported / "gsv_sv/1/sv.onnx"
+    emb = (np.random.default_rng(1).standard_normal(20480) * 0.1).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    opts = ExportOptions(gpt=src / "gpt.ckpt", sovits=src / "sovits.pth", ref_audio=src / "ref.wav", ref_text=TEXT,
+                         ref_lang="zh", voice="demo", repo=pro_exported, sv_emb=tmp_path / "emb.npy")
+    sv, source = _speaker_embedding(opts, shared, np.zeros(32000, np.float32))
+    np.testing.assert_array_equal(sv, emb[None])
+    assert source["source"] == "file" and source["sha256"] == hashlib.sha256((tmp_path / "emb.npy").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("other_architecture", r"--sv-model .*not ERes2NetV2 w24 s4 ep4 .*missing: .*unexpected: head.weight.*wrong shape: conv1.weight \[32, 1, 3, 3\]"),
+    ("not_a_state_dict", r"--sv-model .*not a bare state dict"),
+    ("folder", r"--sv-model .*is a folder"),
+    ("missing_sv_model", r"v2ProPlus voices need a speaker-verification model .*pass --sv-model"),
+    ("bad_sv_emb", r"--sv-emb .*not a readable .npy"),
+])
+def test_pro_bad_sv_input_one_line_error_repo_unchanged(pro_exported, pro_voice, tmp_path, capsys, case, needle):
+    src, _ = pro_voice
+    repo = pro_exported
+    if case == "other_architecture":
+        torch.save({"conv1.weight": torch.zeros(32, 1, 3, 3), "head.weight": torch.zeros(4, 4)}, tmp_path / "other.ckpt")
+        extra = ["--sv-model", str(tmp_path / "other.ckpt")]
+    elif case == "not_a_state_dict":
+        extra = ["--sv-model", str(src / "gpt.ckpt")]
+    elif case == "folder":
+        extra = ["--sv-model", str(tmp_path)]
+    elif case == "missing_sv_model":
+        repo, extra = tmp_path / "fresh", []
+        repo.mkdir()
+    else:
+        (tmp_path / "bad.npy").write_bytes(b"not numpy")
+        extra = ["--sv-emb", str(tmp_path / "bad.npy")]
+    before = snapshot(repo)
+    code, err = run_cli(export_args(src, repo, *extra, aux=case == "missing_sv_model"), capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("gsv-triton: error:"), err
+    import re
+    assert re.search(needle, err), err
+    assert snapshot(repo) == before

@@ -9,20 +9,24 @@ from python_backend import layout
 REF_TEXT = "你好，欢迎使用语音合成服务。"
 
 
-def demo_voice(dst: Path, seed: int = 3) -> Path:
-    """A tiny official-format demo voice (checkpoints, reference clip, random HuBERT/BERT) in ``dst``."""
-    assert cli.main(["demo-voice", str(dst), "--size", "tiny", "--seed", str(seed)]) == 0
+def demo_voice(dst: Path, seed: int = 3, version: str = "v2") -> Path:
+    """A tiny official-format demo voice (checkpoints, reference clip, random HuBERT/BERT; for v2Pro and
+    v2ProPlus also the full-size random SV checkpoint, 214 MB) in ``dst``."""
+    assert cli.main(["demo-voice", str(dst), "--size", "tiny", "--seed", str(seed), "--sovits-version", version]) == 0
     return Path(dst)
 
 
 def export_args(src: Path, repo: Path, voice: str, *extra: str, aux: Path | None = None) -> list[str]:
     """Arguments of ``export``/``publish`` for demo voice ``src``; ``aux``: the demo folder whose
-    HuBERT/BERT/G2PW to install as the shared models (None: the repository has them already)."""
+    HuBERT/BERT/G2PW (and SV checkpoint, where it has one) to install as the shared models
+    (None: the repository has them already)."""
     args = ["--gpt", str(src / "gpt.ckpt"), "--sovits", str(src / "sovits.pth"), "--ref-audio", str(src / "ref.wav"),
             "--ref-text", REF_TEXT, "--ref-lang", "zh", "--voice", voice, "--repo", str(repo), "--no-progress", *extra]
     if aux is not None:
         args += ["--hubert", str(aux / "chinese-hubert-base"), "--bert", str(aux / "chinese-roberta-wwm-ext-large"),
                  "--g2pw", str(aux / "G2PWModel")]
+        if (aux / cli.DEMO_FILES["sv"]).is_file():
+            args += ["--sv-model", str(aux / cli.DEMO_FILES["sv"])]
     return args
 
 
