@@ -30,6 +30,9 @@ def served(tmp_path_factory):
     repo.mkdir()
     src = demo_voice(root / "alpha", 3)
     export_voice(src, repo, "alpha", aux=src)
+    # a v2ProPlus voice on the same shared HuBERT/BERT/G2PW (one set per repository), plus gsv_sv
+    pro = demo_voice(root / "pro", 4, version="v2ProPlus")
+    export_voice(pro, repo, "pro", "--sv-model", str(pro / "sv.ckpt"))
     proc = start_server(repo, log_dir=root)
     yield proc, src
     proc.stop()
@@ -74,6 +77,30 @@ def test_own_reference_per_request_equals_the_default(served):
     np.testing.assert_allclose(sent.audio, default.audio, atol=2e-3)
     streamed = stream(TEXT, "alpha", server.grpc_url, reference=_own_reference(src), **FIXED)
     assert streamed.audio.size == default.audio.size
+
+
+def test_pro_voice_own_reference_per_request_equals_the_default(served):
+    """v2ProPlus: the clip's speaker-verification embedding comes from gsv_sv per request."""
+    server, _ = served
+    pro = server.repo.parent / "pro"
+    default = synthesize(TEXT, "pro", server.grpc_url, **FIXED)
+    sent = synthesize(TEXT, "pro", server.grpc_url, reference=_own_reference(pro), **FIXED)
+    assert sent.audio.size == default.audio.size
+    np.testing.assert_allclose(sent.audio, default.audio, atol=2e-3)
+
+
+def test_aux_clips_are_fused_into_the_speaker_conditioning(served):
+    """Upstream averages the speaker conditioning over the main and auxiliary clips."""
+    for voice in ("alpha", "pro"):
+        server, _ = served
+        own = _own_reference(server.repo.parent / voice)
+        other = _variants(server.repo.parent / voice)[1].audio
+        fused = Reference(audio=own.audio, sample_rate=own.sample_rate, text=own.text, language="zh", aux=[other])
+        a = synthesize(TEXT, voice, server.grpc_url, reference=fused, **FIXED)
+        b = synthesize(TEXT, voice, server.grpc_url, reference=fused, **FIXED)
+        plain = synthesize(TEXT, voice, server.grpc_url, reference=own, **FIXED)
+        assert a.audio.size == b.audio.size and np.allclose(a.audio, b.audio, atol=1e-4), voice
+        assert a.audio.size != plain.audio.size or not np.allclose(a.audio, plain.audio, atol=1e-4), voice
 
 
 def test_a_reference_changes_the_voice_and_is_cached(served):
