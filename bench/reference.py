@@ -38,3 +38,38 @@ def measure(url: str, voice: str, demo: Path, ref_text: str, tokens: int = 25, r
     new = statistics.median(fresh)
     return {"tokens": tokens, "no_reference_s": plain, "new_reference_s": new, "cached_reference_s": cached,
             "new_reference_overhead_s": new - plain, "cached_reference_overhead_s": cached - plain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.reference [--size full|tiny] [--out FILE]``: the figures on the demo voice
+    (built and exported like ``bench.run`` does, cached), with its own tritonserver."""
+    import argparse
+    import json
+    import os
+
+    from bench import run
+    from export.server import TritonProcess, free_ports
+
+    p = argparse.ArgumentParser(description="cost of a reference clip sent with the request")
+    p.add_argument("--size", choices=["full", "tiny"], default="full")
+    p.add_argument("--out", type=Path, default=run.HERE / "results" / "reference.json")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    cache = run.HERE / ".cache" / args.size
+    prep = run.prepare(cache, args.size, int8=False)
+    os.environ["GSV_BENCH_IGNORE_EOS"] = "1"   # every request runs to its token budget: equal work
+    http, grpc, metrics = free_ports(3)
+    with TritonProcess(prep["repo"], http, grpc, metrics, log_path=cache / "reference-bench.log") as server:
+        server.wait_ready(900)
+        result = measure(server.grpc_url, prep["voices"]["fp32"], prep["demo"], run.REF_TEXT, repeats=args.repeats)
+    out = {"machine": run.machine(), "size": args.size, "command": "python -m bench.reference " +
+           " ".join(argv if argv is not None else []), "reference": result}
+    args.out.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -70,6 +70,7 @@ def text_frontend_files(repo: Path) -> dict:
         out["warning"] = "G2PW is off: Chinese polyphones follow pypinyin; export once with --g2pw DIR"
     return out
 
+
 class ControlService:
     def __init__(self, repo: Path, triton: str, triton_http: str | None = None, triton_metrics: str | None = None,
                  redis_url: str | None = None, replica_id: str | None = None, converge_interval: float = 30.0):

@@ -218,6 +218,8 @@ def test_health_endpoints(replicas):
     r1 = replicas[0]
     code, body = get(r1, "/health")
     assert code == 200 and json.loads(body)["redis"] is True
+    # the demo exports installed G2PW; upstream's dictionaries were not given
+    assert json.loads(body)["text_frontend"] == {"g2pw": True, "upstream_dictionaries": False}
     code, body = get(r1, f"/health?voice={VOICE}&version=latest")
     assert code == 200 and json.loads(body) == {"voice": VOICE, "version": 1, "state": "READY", "reason": ""}
     assert get(r1, f"/health?voice={VOICE}&version=1")[0] == 200

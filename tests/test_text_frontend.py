@@ -241,3 +241,15 @@ def test_sentence_splitter_and_normalizers_scale_linearly(kind):
     for fn in (lambda t: split_sentences(t), zh_normalize.text_normalize, en_normalize.text_normalize):
         t1, t2 = _linear(fn, ADVERSARIAL[kind])
         assert t2 < 3.0 * t1 + 0.05, f"{kind} {fn}: 1000 chars {t1:.3f} s, 2000 chars {t2:.3f} s"
+
+
+def test_health_reports_the_repositorys_text_resources(tmp_path):
+    from export.control import text_frontend_files
+    from python_backend import layout
+
+    bare = text_frontend_files(tmp_path)
+    assert bare["g2pw"] is False and bare["upstream_dictionaries"] is False and "--g2pw" in bare["warning"]
+    layout.g2pw_dir(tmp_path).mkdir(parents=True)
+    (layout.g2pw_dir(tmp_path) / "g2pW.onnx").write_bytes(b"")
+    layout.upstream_text_dir(tmp_path).mkdir(parents=True)
+    assert text_frontend_files(tmp_path) == {"g2pw": True, "upstream_dictionaries": True}
