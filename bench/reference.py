@@ -17,7 +17,7 @@ TEXT = "今天天气很好，我们去公园散步吧。"
 
 
 def measure(url: str, voice: str, demo: Path, ref_text: str, tokens: int = 25, repeats: int = 3) -> dict:
-    from export.client import Reference, synthesize
+    from ops.client import Reference, synthesize
 
     own = Reference.from_files(Path(demo) / "ref.wav", ref_text, "zh")
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from bench import run
-    from export.server import TritonProcess, free_ports
+    from ops.server import TritonProcess, free_ports
 
     p = argparse.ArgumentParser(description="cost of a reference clip sent with the request")
     p.add_argument("--size", choices=["full", "tiny"], default="full")

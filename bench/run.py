@@ -114,7 +114,7 @@ def machine() -> dict:
 
 
 def cli(argv: list[str]) -> None:
-    from export import cli as export_cli
+    from ops import cli as export_cli
 
     code = export_cli.main(argv)
     if code != 0:
@@ -295,7 +295,7 @@ def tree_memory(server_pid: int) -> dict:
 
 
 def one(url: str, voice: str, tokens: int, seed: int, text: str = LOAD_TEXT) -> dict:
-    from export.client import ClientError, synthesize
+    from ops.client import ClientError, synthesize
 
     start = time.perf_counter()
     try:
@@ -309,7 +309,7 @@ def one(url: str, voice: str, tokens: int, seed: int, text: str = LOAD_TEXT) -> 
 
 
 def single_stream(url: str, voice: str, tokens: int, repeats: int) -> dict:
-    from export.client import stream
+    from ops.client import stream
 
     one(url, voice, tokens, 0)  # warm-up
     per_text, lat, aud = {}, 0.0, 0.0
@@ -370,7 +370,7 @@ def sweep(url: str, voice: str, tokens: int, levels: list[int], per_client: int,
 
 # ----------------------------------------------------------------------------- hot swap
 def swap_impact(repo: Path, url: str, server_pid: int, tokens: int, concurrency: int, per_client: int) -> dict:
-    from export import swap
+    from ops import swap
     from python_backend import layout
 
     log(f"swap: steady state, {concurrency} clients")
@@ -803,7 +803,7 @@ def _save_plot(plt, fig, ax, path: Path, ylabel: str, title: str) -> str:
 def triton_part(args, res: dict, prep: dict, levels: list[int], skip: set, cache: Path) -> None:
     """Everything measured against a running tritonserver (its own, with GSV_BENCH_IGNORE_EOS=1)."""
     before, foreign = list(os.getloadavg()), ForeignLoad()
-    from export.server import TritonProcess, free_ports
+    from ops.server import TritonProcess, free_ports
 
     run_repo = cache / "run-repo"
     link_copy(prep["repo"], run_repo)

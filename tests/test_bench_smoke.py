@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("tritonclient")
 pytest.importorskip("matplotlib")
 
-from export.server import ServerError, find_tritonserver  # noqa: E402
+from ops.server import ServerError, find_tritonserver  # noqa: E402
 
 try:
     find_tritonserver()

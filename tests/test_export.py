@@ -20,7 +20,8 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export import cli, demo
+from export import demo
+from ops import cli
 from export.checkpoints import read_gpt
 from python_backend import layout
 from python_backend.manifest import VoiceManifest
@@ -245,7 +246,7 @@ def test_killed_export_leaves_no_partial_version(tiny_voice, tmp_path):
     repo.mkdir()
     assert cli.main(export_args(tiny_voice, repo)) == 0
     before = snapshot(repo)
-    proc = subprocess.Popen([sys.executable, "-m", "export.cli", *export_args(tiny_voice, repo, aux=False)],
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *export_args(tiny_voice, repo, aux=False)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     staging = layout.staging_root(repo)
     deadline = time.time() + 120

@@ -157,7 +157,7 @@ def _client(server):
 
 
 def _say(server, text=TEXT, **params):
-    from export.client import synthesize
+    from ops.client import synthesize
 
     return synthesize(text, "a", server.grpc_url, **{**FIXED, **params})
 

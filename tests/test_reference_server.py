@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from export.client import ClientError, Reference, stream, synthesize
+from ops.client import ClientError, Reference, stream, synthesize
 from tests.triton_fixtures import require_tritonserver, start_server
 from tests.voices import REF_TEXT, demo_voice, export_voice
 
@@ -214,7 +214,7 @@ def test_ref_text_without_ref_audio_is_refused(served, tmp_path):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from export.client import _inputs
+    from ops.client import _inputs
 
     inputs = _inputs(grpcclient, TEXT, "alpha", None, FIXED)
     extra = grpcclient.InferInput("REF_TEXT", [1], "BYTES")
@@ -227,7 +227,7 @@ def test_ref_text_without_ref_audio_is_refused(served, tmp_path):
 
 
 def test_say_takes_a_reference(served, tmp_path):
-    from export import cli
+    from ops import cli
 
     server, src = served
     out = tmp_path / "out.wav"

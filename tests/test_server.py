@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export import server as srv
+from ops import server as srv
 from tests.triton_fixtures import free_ports, require_tritonserver, start_server, wait_model_ready
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -354,7 +354,7 @@ def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
 @pytest.mark.integration
 def test_serve_command_starts_and_stops_on_sigint(repo, tmp_path):
     http_port, grpc_port, metrics_port = free_ports(3)
-    cmd = [sys.executable, "-m", "export.server", "--repo", str(repo), "--models", "gsv_ssl",
+    cmd = [sys.executable, "-m", "ops.server", "--repo", str(repo), "--models", "gsv_ssl",
            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
            "--log-file", str(tmp_path / "triton.log")]
     root = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from export import cli, swap
-from export import server as srv
-from export.client import synthesize
+from ops import cli, swap
+from ops import server as srv
+from ops.client import synthesize
 from python_backend import history, layout
 from tests.triton_fixtures import free_ports, require_tritonserver, start_server
 from tests.voices import demo_voice, export_args, export_voice
@@ -106,7 +106,7 @@ def start_replica(repo: Path, redis_url: str, name: str, log_dir: Path) -> Repli
     port = free_ports(1)[0]
     log = open(log_dir / f"control-{name}.log", "wb")
     control = subprocess.Popen(
-        [sys.executable, "-m", "export.control", "--repo", str(repo), "--triton", triton.grpc_url,
+        [sys.executable, "-m", "ops.control", "--repo", str(repo), "--triton", triton.grpc_url,
          "--triton-http", triton.http_url, "--triton-metrics", triton.metrics_url.split("//")[-1].split("/")[0],
          "--port", str(port), "--redis", redis_url, "--replica-id", name, "--converge-interval", "2"],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=srv._die_with_parent)

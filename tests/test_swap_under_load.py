@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from export import swap
-from export.client import _inputs, synthesize
+from ops import swap
+from ops.client import _inputs, synthesize
 from python_backend import layout
 from tests.triton_fixtures import require_tritonserver, start_server
 from tests.voices import demo_voice, export_voice

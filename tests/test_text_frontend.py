@@ -244,7 +244,7 @@ def test_sentence_splitter_and_normalizers_scale_linearly(kind):
 
 
 def test_health_reports_the_repositorys_text_resources(tmp_path):
-    from export.control import text_frontend_files
+    from ops.control import text_frontend_files
     from python_backend import layout
 
     bare = text_frontend_files(tmp_path)

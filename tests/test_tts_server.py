@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.client import ClientError, stream, synthesize
+from ops.client import ClientError, stream, synthesize
 from tests.triton_fixtures import require_tritonserver, start_server
 from tests.voices import demo_voice, export_voice
 
@@ -149,7 +149,7 @@ def test_text_the_mode_cannot_speak_is_invalid_arg(server, language, text, needl
 
 
 def _raw_inputs(module, text: bytes, voice: str, params: dict):
-    from export.client import _inputs
+    from ops.client import _inputs
 
     inputs = _inputs(module, "x", voice, None, params)
     inputs[0].set_data_from_numpy(np.array([text], dtype=object))
@@ -198,7 +198,7 @@ def test_dropped_stream_frees_its_decode_slot(server):
     chunks: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(server.grpc_url)
     client.start_stream(callback=lambda result, error: chunks.put((result, error)))
-    from export.client import _inputs
+    from ops.client import _inputs
 
     client.async_stream_infer("tts_stream", _inputs(grpcclient, text, "alpha", None, {"MAX_TOKENS": 1500, "SEED": 1}))
     result, error = chunks.get(timeout=120)

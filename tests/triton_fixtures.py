@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from export.server import ServerError, TritonProcess, find_tritonserver, free_ports  # noqa: F401 (re-exported)
+from ops.server import ServerError, TritonProcess, find_tritonserver, free_ports  # noqa: F401 (re-exported)
 
 
 def require_tritonserver() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export import cli
+from ops import cli
 from python_backend import layout
 
 REF_TEXT = "你好，欢迎使用语音合成服务。"

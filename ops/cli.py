@@ -52,10 +52,10 @@ def get_args(argv=None) -> argparse.Namespace:
     inspect = sub.add_parser("inspect", help="print an ONNX graph's inputs, outputs and metadata")
     inspect.add_argument("graph", type=Path)
 
-    from export.client import add_say_parser
-    from export.control import add_control_parser
-    from export.server import add_serve_parser
-    from export.swap import add_swap_parsers
+    from ops.client import add_say_parser
+    from ops.control import add_control_parser
+    from ops.server import add_serve_parser
+    from ops.swap import add_swap_parsers
 
     add_say_parser(sub)
     add_serve_parser(sub)
@@ -119,19 +119,19 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_say(args) -> int:
-    from export.client import cmd_say as run
+    from ops.client import cmd_say as run
 
     return run(args)
 
 
 def cmd_serve(args) -> int:
-    from export.server import cmd_serve as run
+    from ops.server import cmd_serve as run
 
     return run(args)
 
 
 def cmd_quickstart(args) -> int:
-    from export.quickstart import run
+    from ops.quickstart import run
 
     return run(args.dir, args.size, args.text)
 
@@ -148,13 +148,13 @@ def _delegate(module: str, name: str):
     return run
 
 
-COMMANDS.update({cmd: _delegate("export.swap", f"cmd_{cmd}") for cmd in ("publish", "rollback", "canary", "promote", "versions")})
-COMMANDS["control"] = _delegate("export.control", "cmd_control")
+COMMANDS.update({cmd: _delegate("ops.swap", f"cmd_{cmd}") for cmd in ("publish", "rollback", "canary", "promote", "versions")})
+COMMANDS["control"] = _delegate("ops.control", "cmd_control")
 
 
 def main(argv=None) -> int:
     args = get_args(argv)
-    from export.client import ClientError
+    from ops.client import ClientError
     from export.errors import ExportError
     from python_backend.audio import AudioError
     from python_backend.layout import LayoutError

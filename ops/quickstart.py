@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export import cli
-from export.client import stream, synthesize, write_wav
-from export.server import TritonProcess, free_ports
+from ops import cli
+from ops.client import stream, synthesize, write_wav
+from ops.server import TritonProcess, free_ports
 from python_backend import layout
 
 REF_TEXT = "你好，欢迎使用语音合成服务。"

@@ -55,7 +55,7 @@ from pathlib import Path
 from python_backend import history, layout
 from python_backend.routing import read_table
 
-from export import swap
+from ops import swap
 
 LOG = logging.getLogger("gsv.control")
 GRACE = 120.0  # seconds a new, undecided version folder is left to its publisher
