@@ -10,7 +10,8 @@ import numpy as np
 
 PARAM_TYPES = {"TOP_K": ("INT32", np.int32), "TOP_P": ("FP32", np.float32), "TEMPERATURE": ("FP32", np.float32),
                "REPETITION_PENALTY": ("FP32", np.float32), "NOISE_SCALE": ("FP32", np.float32),
-               "SPEED": ("FP32", np.float32), "SEED": ("INT64", np.int64), "MAX_TOKENS": ("INT32", np.int32)}
+               "SPEED": ("FP32", np.float32), "SEED": ("INT64", np.int64), "MAX_TOKENS": ("INT32", np.int32),
+               "VOICE_VERSION": ("INT32", np.int32)}
 
 
 class ClientError(RuntimeError):

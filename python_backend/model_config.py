@@ -135,6 +135,7 @@ TTS_INPUTS = [
     TensorSpec("VOICE", "BYTES", (1,)),
     TensorSpec("LANGUAGE", "BYTES", (1,), optional=True),
     TensorSpec("MAX_TOKENS", "INT32", (1,), optional=True),
+    TensorSpec("VOICE_VERSION", "INT32", (1,), optional=True),  # pin a loaded version (default: routing)
     *SAMPLING_INPUTS,
     *REFERENCE_INPUTS,
 ]

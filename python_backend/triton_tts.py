@@ -77,10 +77,15 @@ def _chunk(resp) -> tts_pipeline.VoiceChunk | None:
 ROUTING = RoutingTable.from_env()  # canary routing of the user's repository (GSV_REPO); none without it
 
 
-def _version(model: str) -> int:
-    """The version one request runs on: a canary share to the candidate, the rest to the active
-    version, each named explicitly; -1 (the current version) for voices without a canary. A
-    routed version that is not ready (a replica still loading it) yields to the other one."""
+def _version(model: str, pinned: int | None = None) -> int:
+    """The version one request runs on: the pinned one (VOICE_VERSION) when given and ready; else
+    a canary share to the candidate, the rest to the active version, each named explicitly; -1
+    (the current version) for voices without a canary. A routed version that is not ready (a
+    replica still loading it) yields to the other one."""
+    if pinned is not None:
+        if not model_ready(model, pinned):
+            raise RequestError(f"voice {model.removeprefix('voice_')!r} has no version {pinned} loaded", NOT_FOUND)
+        return pinned
     chosen, other = ROUTING.choose(model.removeprefix("voice_"))
     error = ROUTING.pop_error()
     if error:
@@ -91,11 +96,11 @@ def _version(model: str) -> int:
     return CURRENT
 
 
-def _voice(model: str, inputs: dict[str, np.ndarray]):
+def _voice(model: str, inputs: dict[str, np.ndarray], pinned: int | None = None):
     if not model_ready(model):
         raise RequestError(f"voice {model.removeprefix('voice_')!r} is not loaded", NOT_FOUND)
     req = pb_utils.InferenceRequest(
-        model_name=model, model_version=_version(model),
+        model_name=model, model_version=_version(model, pinned),
         requested_output_names=["AUDIO", "SAMPLE_RATE", "VOICE_VERSION", "FINISH_REASON"],
         inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
     for resp in bls_exec(req, decoupled=True):
@@ -105,6 +110,10 @@ def _voice(model: str, inputs: dict[str, np.ndarray]):
         chunk = _chunk(resp)
         if chunk is not None:
             yield chunk
+
+
+def _pinned_voice(req):
+    return lambda model, inputs: _voice(model, inputs, req.voice_version)
 
 
 def _cancel(model: str, version: int, request_id: str) -> None:
@@ -208,7 +217,7 @@ class TTSModel(_BLS):
 
     def _serve(self, request, sender, inputs):
         req = parse(inputs)
-        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=False, max_tokens=self._max_tokens(inputs),
+        chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req), stream=False, max_tokens=self._max_tokens(inputs),
                                          reference=self._reference)
         utt = tts_pipeline.collect(chunks)
         send(sender, _outputs(utt.joined(), utt.sample_rate, utt.version, ",".join(utt.finish_reasons)), flags=FINAL)
@@ -224,7 +233,7 @@ class TTSStreamModel(_BLS):
 
         req = parse(inputs)
         rid = uuid.uuid4().hex
-        chunks = tts_pipeline.synthesize(req, _bert, _voice, stream=True, max_tokens=self._max_tokens(inputs), request_id=rid,
+        chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req), stream=True, max_tokens=self._max_tokens(inputs), request_id=rid,
                                          reference=self._reference)
         version, rate, reasons = -1, 0, []
         for chunk in chunks:

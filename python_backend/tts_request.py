@@ -55,6 +55,7 @@ class TTSRequest:
     seed: int | None = None
     sentences: list[Sentence] = field(default_factory=list)
     reference: ReferenceRequest | None = None  #: a clip sent with the request (None: the voice's own)
+    voice_version: int | None = None  #: a pinned version of the voice (None: the active one, or a canary)
 
 
 def decode_text(raw, name: str) -> str:
@@ -122,7 +123,8 @@ def parse(inputs: dict[str, object]) -> TTSRequest:
         if seed_value < 0 or seed_value != int(seed_value):
             raise RequestError(f"SEED must be a non-negative integer, got {seed_value:g}")
         seed = int(seed_value)
-    request = TTSRequest(text=text, voice=voice, language=language, params=params, seed=seed)
+    request = TTSRequest(text=text, voice=voice, language=language, params=params, seed=seed,
+                         voice_version=_voice_version(inputs.get("VOICE_VERSION")))
     request.reference = parse_reference(inputs, decode_text, language)
     if request.reference is not None:
         try:
@@ -131,6 +133,15 @@ def parse(inputs: dict[str, object]) -> TTSRequest:
             raise RequestError(f"REF_LANGUAGE: {exc}") from None
     request.sentences = sentences(text, language)
     return request
+
+
+def _voice_version(raw) -> int | None:
+    value = scalar(raw, "VOICE_VERSION")
+    if value is None:
+        return None
+    if value < 1 or value != int(value):
+        raise RequestError(f"VOICE_VERSION must be a positive integer, got {value:g}")
+    return int(value)
 
 
 def sentences(text: str, language: str) -> list[Sentence]:

@@ -36,6 +36,7 @@ def test_parse_splits_sentences_and_applies_defaults():
     (good(SPEED=np.array([9.0], np.float32)), "SPEED 9 out of range", INVALID_ARG),
     (good(TEMPERATURE=np.array([np.nan], np.float32)), "finite", INVALID_ARG),
     (good(SEED=np.array([-1], np.int64)), "SEED", INVALID_ARG),
+    (good(VOICE_VERSION=np.array([0], np.int32)), "VOICE_VERSION must be a positive integer", INVALID_ARG),
     ({"TEXT": b("……！！"), "VOICE": b("demo")}, "nothing pronounceable", INVALID_ARG),
 ])
 def test_bad_requests_name_the_cause(inputs, needle, code):
@@ -43,6 +44,11 @@ def test_bad_requests_name_the_cause(inputs, needle, code):
         parse(inputs)
     assert needle in str(info.value) and info.value.code == code
     assert "\n" not in str(info.value)
+
+
+def test_voice_version_pin_is_optional():
+    assert parse(good()).voice_version is None
+    assert parse(good(VOICE_VERSION=np.array([3], np.int32))).voice_version == 3
 
 
 def test_split_sentences_checks_counts():

@@ -66,6 +66,15 @@ def test_same_seed_same_audio_and_seed_matters(server):
     assert one.audio.size != other.audio.size or not np.allclose(one.audio, other.audio)
 
 
+def test_pinned_version_is_the_one_that_answers(server):
+    """VOICE_VERSION pins a loaded version (the gateway's voice_version); both models honour it."""
+    free = synthesize(TEXT, "alpha", server.grpc_url, **FIXED)
+    pinned = synthesize(TEXT, "alpha", server.grpc_url, VOICE_VERSION=1, **FIXED)
+    streamed = stream(TEXT, "alpha", server.grpc_url, VOICE_VERSION=1, **FIXED)
+    assert pinned.voice_version == streamed.voice_version == 1
+    np.testing.assert_allclose(pinned.audio, free.audio, atol=1e-5)
+
+
 def test_long_text_is_split_and_spoken_in_order(server):
     single = synthesize("今天天气很好。", "alpha", server.grpc_url, **FIXED)
     double = synthesize("今天天气很好。我们去公园散步吧！", "alpha", server.grpc_url, **FIXED)
@@ -105,6 +114,7 @@ def test_sixteen_concurrent_requests_across_voices_no_crosstalk(server):
     ({"TOP_P": 1.5}, "INVALID_ARG", "TOP_P 1.5 out of range"),
     ({"SPEED": 0.0}, "INVALID_ARG", "SPEED 0 out of range"),
     ({"TOP_K": 0}, "INVALID_ARG", "TOP_K 0 out of range"),
+    ({"VOICE_VERSION": 9}, "NOT_FOUND", "has no version 9 loaded"),
 ])
 def test_errors_are_clear_coded_and_others_keep_being_served(server, kwargs, code, needle):
     args = {"text": TEXT, "voice": "alpha", **FIXED, **kwargs}
