@@ -7,6 +7,8 @@ any number of replicas can run behind a load balancer:
 - ``GET|POST /tts``: upstream api_v2 (``ops.gateway_apiv2``); errors ``{"message": ...}``
 - ``POST /v1/audio/speech``, ``GET /v1/models``: OpenAI's API (``ops.gateway_openai``)
 - ``GET /health``: 200 while Triton is ready, else 503
+- ``GET /``: a web console (``ops.gateway_console``): voices, versions, canaries, live events
+  (with ``--control URL``), and a form that speaks a text, optionally with an uploaded clip
 - ``/set_gpt_weights``, ``/set_sovits_weights``, ``/set_refer_audio``, ``/control``: 400 saying
   how voices are published here
 
@@ -243,6 +245,7 @@ class GatewayConfig:
     max_tokens: int | None = None   #: tts MAX_TOKENS (semantic tokens per sentence); None: tts's budget
     retry_after_s: int = 1
     timeout_s: float = 600.0
+    control: str | None = None      #: the control service's base URL (the console's routing and events)
 
 
 class Gateway:
@@ -255,6 +258,7 @@ class Gateway:
 
     def app(self) -> web.Application:
         from ops import gateway_openai
+        from ops.gateway_console import Console
 
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
         app.router.add_get("/tts", self.tts)
@@ -263,6 +267,7 @@ class Gateway:
         for path in ("/set_gpt_weights", "/set_sovits_weights", "/set_refer_audio", "/control"):
             app.router.add_route("*", path, self.not_here)
         gateway_openai.add_routes(app, self)
+        Console(self).add_routes(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -450,6 +455,9 @@ def add_gateway_parser(sub) -> None:
                    help="synthesis requests at once; more get 503 with Retry-After")
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="cap on semantic tokens per sentence (tts MAX_TOKENS, 1-1500; default: tts's own budget)")
+    p.add_argument("--control", metavar="URL",
+                   help="the control service (http://HOST:PORT): the console at / shows its canary routing and "
+                        "live events (none: shown as unknown)")
 
 
 def cmd_gateway(args) -> int:
@@ -458,8 +466,11 @@ def cmd_gateway(args) -> int:
         raise SystemExit("gsv-triton gateway: --max-in-flight must be at least 1")
     if args.ref_root is not None and not args.ref_root.is_dir():
         raise SystemExit(f"gsv-triton gateway: --ref-root {args.ref_root} is not a folder")
+    if args.control and not args.control.startswith(("http://", "https://")):
+        raise SystemExit(f"gsv-triton gateway: --control {args.control} must be an http:// or https:// URL")
     gateway = Gateway(GatewayConfig(triton=args.triton, default_voice=args.default_voice, ref_root=args.ref_root,
-                                    max_in_flight=args.max_in_flight, max_tokens=args.max_tokens))
+                                    max_in_flight=args.max_in_flight, max_tokens=args.max_tokens,
+                                    control=args.control))
     LOG.info("[gateway] http://%s:%d -> Triton %s (media: %s)", args.host, args.port, args.triton,
              ", ".join(audio_encode.available()))
     web.run_app(gateway.app(), host=args.host, port=args.port, handler_cancellation=True, print=None)

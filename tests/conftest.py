@@ -54,3 +54,21 @@ def sv_build(tmp_path_factory):
         return built[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def demo_triton(tmp_path_factory):
+    """``(triton, root)``: a tritonserver serving two tiny demo voices, ``alpha`` and ``beta``
+    (``root/repo``; their sources at ``root/alpha``, ``root/beta``), and ``root/refs``
+    (``tests.gateway_fixtures.reference_folder``). One per session: the gateway and console
+    tests start their own gateways on it."""
+    from tests.gateway_fixtures import demo_repo, reference_folder
+    from tests.triton_fixtures import require_tritonserver, start_server
+
+    require_tritonserver()
+    root = tmp_path_factory.mktemp("demo_triton")
+    repo = demo_repo(root)
+    reference_folder(root)
+    triton = start_server(repo, log_dir=root)
+    yield triton, root
+    triton.stop()

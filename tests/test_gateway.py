@@ -8,28 +8,23 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from ops import audio_encode
-from ops.server import free_ports
-from tests.triton_fixtures import require_tritonserver, start_server
-from tests.voices import REF_TEXT, demo_voice, export_voice
+from tests.gateway_fixtures import ROOT, Gateway, get, post
+from tests.voices import REF_TEXT
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
 
 # upstream api_v2's docstring example, as written there (only host and port differ)
 GET_EXAMPLE = ("/tts?text=先帝创业未半而中道崩殂，今天下三分，益州疲弊，此诚危急存亡之秋也。&text_lang=zh"
@@ -49,51 +44,6 @@ POST_EXAMPLE = {
 SHORT = {"text": "今天天气很好。", "text_lang": "zh"}
 
 
-class Gateway:
-    def __init__(self, triton: str, ref_root: Path, log: Path, *extra: str):
-        (self.port,) = free_ports(1)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "ops.cli", "gateway", "--triton", triton, "--port", str(self.port),
-               "--default-voice", "alpha", "--ref-root", str(ref_root), "--max-tokens", "20", *extra]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if get(self.url + "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def get(url: str, timeout: float = 300):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def post(url: str, body, timeout: float = 300, raw: bytes | None = None):
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
 def decode(body: bytes, media: str) -> tuple[np.ndarray, int]:
     if media in ("raw", "pcm"):
         return np.frombuffer(body, "<i2").astype(np.float32) / 32768, 32000
@@ -102,25 +52,11 @@ def decode(body: bytes, media: str) -> tuple[np.ndarray, int]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    require_tritonserver()
-    root = tmp_path_factory.mktemp("gateway")
-    repo = root / "repo"
-    repo.mkdir()
-    for seed, voice in enumerate(("alpha", "beta"), start=3):
-        src = root / voice
-        export_voice(demo_voice(src, seed), repo, voice, aux=src)
-    refs = root / "refs"
-    refs.mkdir()
-    shutil.copy(root / "alpha" / "ref.wav", refs / "archive_jingyuan_1.wav")
-    (refs / "notes.txt").write_text("not audio")
-    (root / "outside.wav").write_bytes((root / "alpha" / "ref.wav").read_bytes())
-    os.symlink(root / "outside.wav", refs / "escape.wav")
-    triton = start_server(repo, log_dir=root)
-    gateway = Gateway(triton.grpc_url, refs, root / "gateway.log")
+def stack(demo_triton):
+    triton, root = demo_triton
+    gateway = Gateway(triton.grpc_url, root / "refs", root / "gateway.log")
     yield triton, gateway, root
     gateway.stop()
-    triton.stop()
 
 
 def test_get_example_verbatim_streams_a_playable_wav(stack):

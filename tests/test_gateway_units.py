@@ -174,3 +174,50 @@ def test_wav_stream_header_says_unknown_sizes_and_pcm_is_int16():
 def test_unavailable_format_names_the_available_ones():
     with pytest.raises(audio_encode.EncodeError, match="available: wav, raw, pcm"):
         audio_encode.require("wma")
+
+
+# ---- the console --------------------------------------------------------------------------
+
+
+def test_console_reads_routing_from_control_metrics():
+    from ops.gateway_console import merge_voices, parse_routing
+
+    metrics = """# HELP gsv_active_version active version of each voice (from the repository)
+# TYPE gsv_active_version gauge
+gsv_active_version{voice="alpha"} 3.0
+gsv_active_version{voice="beta"} 1.0
+gsv_active_version{voice="gone"} 2.0
+gsv_canary_version{voice="alpha"} 4.0
+gsv_canary_weight{voice="alpha"} 0.1
+gsv_swaps_total{voice="alpha"} 2.0
+"""
+    routing = parse_routing(metrics)
+    assert routing["alpha"] == {"active": 3, "canary": 4, "canary_weight": 0.1}
+    assert routing["beta"] == {"active": 1, "canary": None, "canary_weight": None}
+    rows = merge_voices({"alpha": [3, 4], "beta": [1]}, routing)
+    assert [(r["name"], r["versions"], r["active"], r["canary"]) for r in rows] == [
+        ("alpha", [3, 4], 3, 4), ("beta", [1], 1, None), ("gone", [], 2, None)]
+    assert merge_voices({"alpha": [3]}, None) == [
+        {"name": "alpha", "versions": [3], "active": None, "canary": None, "canary_weight": None}]
+
+
+def test_console_decodes_uploaded_clips_to_mono():
+    from ops.gateway_console import decode_clip
+
+    stereo = np.stack([np.full(1600, 0.5, np.float32), np.zeros(1600, np.float32)], axis=1)
+    buf = io.BytesIO()
+    sf.write(buf, stereo, 16000, format="FLAC")
+    audio, rate = decode_clip(buf.getvalue())
+    assert rate == 16000 and audio.shape == (1600,) and abs(float(audio.mean()) - 0.25) < 1e-3
+    with pytest.raises(RequestError, match="ref_audio: not a readable audio file"):
+        decode_clip(b"RIFF nonsense")
+
+
+def test_console_page_escapes_server_strings():
+    """The page's script shows server strings through textContent/option.text only."""
+    from ops.gateway_console import CONSOLE_DIR
+
+    script = (CONSOLE_DIR / "console.js").read_text()
+    assert "innerHTML" not in script.replace("never innerHTML", "") and "insertAdjacentHTML" not in script
+    assert "document.write" not in script
+    assert {p.name for p in CONSOLE_DIR.iterdir()} >= {"index.html", "console.js", "console.css"}
