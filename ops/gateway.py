@@ -317,16 +317,16 @@ class Gateway:
     async def not_here(self, request: web.Request) -> web.Response:
         return message(400, f"{request.path} is not supported: {PUBLISH_HINT}")
 
-    async def tts(self, request: web.Request) -> web.StreamResponse:
+    async def guarded(self, api: str, run) -> web.StreamResponse:
+        """One admitted api_v2-style call: ``run(state)`` answers it (setting ``state["job"]`` for
+        the log line); errors become ``{"message"}`` replies; the slot is released and one line
+        logged whatever happens."""
         busy = self.admit()
         if busy is not None:
             return busy
-        started = time.perf_counter()
-        job, status = None, 200
+        started, state, status = time.perf_counter(), {"job": None}, 200
         try:
-            req = await self._apiv2_request(request)
-            job = await self._apiv2_job(req)
-            return await self._respond_apiv2(request, req, job)
+            return await run(state)
         except (RequestError, TritonError, audio_encode.EncodeError) as exc:
             status = getattr(exc, "status", 400)
             return message(status, str(exc))
@@ -335,7 +335,15 @@ class Gateway:
             raise
         finally:
             self.release()
-            log_request("api_v2", job, started, status)
+            log_request(api, state["job"], started, status)
+
+    async def tts(self, request: web.Request) -> web.StreamResponse:
+        async def run(state):
+            req = await self._apiv2_request(request)
+            state["job"] = await self._apiv2_job(req)
+            return await self._respond_apiv2(request, req, state["job"])
+
+        return await self.guarded("api_v2", run)
 
     async def _apiv2_request(self, request: web.Request) -> ApiV2Request:
         if request.method == "GET":

@@ -26,13 +26,11 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from ops import audio_encode
 from ops.gateway_apiv2 import ApiV2Request, RequestError
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
@@ -216,31 +214,19 @@ class Console:
 
     async def tts(self, request: web.Request) -> web.StreamResponse:
         from ops.client import Reference
-        from ops.gateway import TritonError, log_request, message
 
-        busy = self.gateway.admit()
-        if busy is not None:
-            return busy
-        started, job, status = time.perf_counter(), None, 200
-        try:
+        async def run(state):
             fields, clip = await read_form(request)
             data = {FORM_FIELDS[k]: v for k, v in fields.items() if v != "" or k == "text"}
             prompt_text = data.pop("prompt_text", "")
             if clip is None and prompt_text:
                 raise RequestError("ref_text needs ref_audio")
             req = ApiV2Request._build({**data, "streaming_mode": "true", "media_type": "wav"}, from_query=True)
-            job = await self.gateway._apiv2_job(req)
+            job = state["job"] = await self.gateway._apiv2_job(req)
             if clip is not None:
                 audio, rate = await asyncio.to_thread(decode_clip, clip)
                 job.reference = Reference(audio=audio, sample_rate=rate, text=prompt_text or None,
                                           language=req.prompt_lang or req.text_lang)
             return await self.gateway._respond_apiv2(request, req, job)
-        except (RequestError, TritonError, audio_encode.EncodeError) as exc:
-            status = getattr(exc, "status", 400)
-            return message(status, str(exc))
-        except (ConnectionResetError, asyncio.CancelledError):
-            status = 499
-            raise
-        finally:
-            self.gateway.release()
-            log_request("console", job, started, status)
+
+        return await self.gateway.guarded("console", run)

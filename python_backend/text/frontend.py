@@ -180,10 +180,6 @@ def status() -> dict:
             "parity": bool(_g2pw is not None and up["parity"])}
 
 
-def _default_g2pw():
-    return _g2pw
-
-
 # ---- text → sequences ----------------------------------------------------------------
 
 def _sequence(pieces: list[Piece]) -> PhoneSequence:
@@ -209,6 +205,15 @@ def _sequence(pieces: list[Piece]) -> PhoneSequence:
                          zh_spans=spans, language=language, norm_text=norm)
 
 
+def _checked(text: str, language: str, g2pw, what: str = "text"):
+    """(mode, G2PW model) for ``text``, or a TextError: unknown mode, empty, unspeakable."""
+    mode = normalize_language(language)
+    if not isinstance(text, str) or not text.strip():
+        raise TextError(f"{what} is empty")
+    check_text(text, mode)
+    return mode, (_g2pw if g2pw is ... else g2pw)
+
+
 def _pronounceable(seq: PhoneSequence) -> bool:
     return any(p not in PUNCTUATION and p != "UNK" for p in seq.phones)
 
@@ -217,11 +222,7 @@ def sentences(text: str, language: str = "auto", *, max_chars: int = DEFAULT_MAX
               g2pw=...) -> list[PhoneSequence]:
     """The serving path: sentences of at most ``max_chars`` (the split method), then
     upstream's preprocessing; one sequence per kept piece."""
-    mode = normalize_language(language)
-    if not isinstance(text, str) or not text.strip():
-        raise TextError("text is empty")
-    check_text(text, mode)
-    model = _default_g2pw() if g2pw is ... else g2pw
+    mode, model = _checked(text, language, g2pw)
     lines = split_sentences(text, max_chars)
     pieces = preprocess("\n".join(lines), mode, model)
     seqs = [s for s in (_sequence([p]) for p in pieces) if _pronounceable(s)]
@@ -233,14 +234,10 @@ def sentences(text: str, language: str = "auto", *, max_chars: int = DEFAULT_MAX
 def reference_phones(text: str, language: str = "zh", *, g2pw=...) -> PhoneSequence:
     """A reference transcript as upstream reads a prompt: a stop added when missing, then
     one ``get_phones_and_bert`` over the whole text (no sentence splitting)."""
-    mode = normalize_language(language)
-    if not isinstance(text, str) or not text.strip("\n").strip():
-        raise TextError("reference text is empty")
-    check_text(text, mode)
+    mode, model = _checked(text, language, g2pw, "reference text")
     text = text.strip("\n")
     if text[-1] not in _CLAUSE_STOPS:
         text += "." if mode == "en" else "。"
-    model = _default_g2pw() if g2pw is ... else g2pw
     seq = _sequence([piece_to_phones(text, mode, model)])
     if not _pronounceable(seq):
         raise TextError(f"reference text has nothing pronounceable in language mode {mode!r}")
@@ -249,11 +246,7 @@ def reference_phones(text: str, language: str = "zh", *, g2pw=...) -> PhoneSeque
 
 def text_to_phones(text: str, language: str = "auto", *, g2pw=...) -> PhoneSequence:
     """All of ``text`` as one sequence (upstream's preprocessing, pieces joined)."""
-    mode = normalize_language(language)
-    if not isinstance(text, str) or not text.strip():
-        raise TextError("text is empty")
-    check_text(text, mode)
-    model = _default_g2pw() if g2pw is ... else g2pw
+    mode, model = _checked(text, language, g2pw)
     seq = _sequence(preprocess(text, mode, model))
     if not _pronounceable(seq):
         raise TextError(f"text has nothing pronounceable in language mode {mode!r}: {text[:40]!r}")
