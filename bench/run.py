@@ -487,7 +487,8 @@ def perf_analyzer_env(work: Path) -> tuple[Path | None, dict]:
     return binary, env
 
 
-def perf_analyzer(url: str, work: Path, tokens: int, levels: str, requests_per_window: int, timeout: float) -> dict:
+def perf_analyzer(url: str, work: Path, tokens: int, levels: str, requests_per_window: int, timeout: float,
+                  admin_key: str | None = None) -> dict:
     binary, env = perf_analyzer_env(work)
     if binary is None:
         return {"error": "perf_analyzer binary not found in the tritonclient wheel"}
@@ -502,12 +503,17 @@ def perf_analyzer(url: str, work: Path, tokens: int, levels: str, requests_per_w
             "--stability-percentage", "999", "--bls-composing-models=gsv_bert,voice_demo",
             "-f", str(csv_path), "--verbose-csv"]
     log(f"perf_analyzer: {' '.join(argv[1:])}")
+    if admin_key:  # it reads the model config and statistics (restricted APIs); -H also reaches gRPC metadata
+        from ops import admin
+
+        argv += ["-H", f"{admin.GRPC_HEADER}:{admin_key}"]
     try:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        return {"error": f"timed out after {timeout:.0f} s", "argv": argv[1:],
+        return {"error": f"timed out after {timeout:.0f} s",
                 "stdout_tail": (exc.stdout or "")[-3000:] if isinstance(exc.stdout, str) else ""}
-    out = {"argv": ["perf_analyzer", *argv[1:]], "returncode": proc.returncode, "stdout_tail": proc.stdout[-6000:],
+    shown = [a.replace(admin_key, "<admin-key>") if admin_key else a for a in argv[1:]]  # never in results
+    out = {"argv": ["perf_analyzer", *shown], "returncode": proc.returncode, "stdout_tail": proc.stdout[-6000:],
            "stderr_tail": proc.stderr[-2000:], "input_data": data}
     if csv_path.is_file():
         import csv
@@ -835,7 +841,8 @@ def triton_part(args, res: dict, prep: dict, levels: list[int], skip: set, cache
             log(f"  overhead new {res['reference']['new_reference_overhead_s']:.2f} s, "
                 f"cached {res['reference']['cached_reference_overhead_s']:.2f} s")
         if "perf_analyzer" not in skip:
-            res["perf_analyzer"] = perf_analyzer(url, cache, args.tokens, args.pa_concurrency, args.pa_requests, 1200)
+            res["perf_analyzer"] = perf_analyzer(url, cache, args.tokens, args.pa_concurrency, args.pa_requests, 1200,
+                                                 server.admin_key)
         if "swap" not in skip:
             res["swap"] = swap_impact(run_repo, url, server.pid, args.tokens, args.swap_concurrency, args.per_client)
             log(f"swap p99 ratio {fmt(res['swap']['swap_p99_ratio'])}, errors {res['swap']['swap_window']['errors']}")

@@ -163,10 +163,11 @@ def main(argv=None) -> int:
     from python_backend.layout import LayoutError
     from python_backend.manifest import ManifestError
     from python_backend.text.frontend import TextError
+    from ops.admin import AdminKeyError
 
     try:
         return COMMANDS[args.command](args)
-    except (ExportError, AudioError, LayoutError, ManifestError, TextError, ClientError) as exc:
+    except (ExportError, AudioError, LayoutError, ManifestError, TextError, ClientError, AdminKeyError) as exc:
         print(f"gsv-triton: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permissions: name the cause, the repository is unchanged

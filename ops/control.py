@@ -52,10 +52,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ops import admin, swap
 from python_backend import history, layout
 from python_backend.routing import read_table
-
-from ops import swap
 
 LOG = logging.getLogger("gsv.control")
 GRACE = 120.0  # seconds a new, undecided version folder is left to its publisher
@@ -73,8 +72,10 @@ def text_frontend_files(repo: Path) -> dict:
 
 class ControlService:
     def __init__(self, repo: Path, triton: str, triton_http: str | None = None, triton_metrics: str | None = None,
-                 redis_url: str | None = None, replica_id: str | None = None, converge_interval: float = 30.0):
+                 redis_url: str | None = None, replica_id: str | None = None, converge_interval: float = 30.0,
+                 admin_key: str | None = None):
         self.repo = Path(repo)
+        self.admin_key = admin.read(self.repo, admin_key)  # Triton's, for load/unload and the repository index
         self.triton = triton
         self.triton_http = triton_http
         self.triton_metrics = triton_metrics
@@ -100,13 +101,13 @@ class ControlService:
     async def load(self, voice: str, why: str) -> bool:
         async with self._lock(voice):
             try:
-                await asyncio.to_thread(swap.load_voice, self.triton, voice)
+                await asyncio.to_thread(swap.load_voice, self.triton, voice, swap.LOAD_TIMEOUT, self.admin_key)
             except swap.SwapError as exc:
                 LOG.warning("[control] load of voice %s (%s) failed: %s", voice, why, exc)
                 self.loads[(voice, "failed")] = self.loads.get((voice, "failed"), 0) + 1
                 return False
             LOG.info("[control] loaded voice %s (%s): ready versions %s", voice, why,
-                     await asyncio.to_thread(swap.ready_versions, self.triton, voice))
+                     await asyncio.to_thread(swap.ready_versions, self.triton, voice, self.admin_key))
             self.loads[(voice, "ok")] = self.loads.get((voice, "ok"), 0) + 1
             return True
 
@@ -120,7 +121,7 @@ class ControlService:
         """Load every voice whose READY versions differ from what the repository says."""
         loaded = []
         try:
-            states = await asyncio.to_thread(swap.model_states, self.triton)
+            states = await asyncio.to_thread(swap.model_states, self.triton, None, self.admin_key)
         except Exception as exc:  # noqa: BLE001 - Triton down: try again next time
             LOG.warning("[control] cannot read Triton's repository index: %s", exc)
             return loaded
@@ -223,7 +224,7 @@ class ControlService:
         load_model of an unchanged model is not free: Triton may re-instantiate it)."""
         try:
             want = swap.served_versions(self.repo, voice)
-            ready = await asyncio.to_thread(swap.ready_versions, self.triton, voice)
+            ready = await asyncio.to_thread(swap.ready_versions, self.triton, voice, self.admin_key)
         except Exception as exc:  # noqa: BLE001 - cannot tell: load
             LOG.warning("[control] voice %s: cannot compare versions (%s); loading", voice, exc)
             want, ready = [1], []
@@ -231,7 +232,7 @@ class ControlService:
             LOG.info("[control] voice %s already serves %s (%s)", voice, want, why)
             return
         async with self._lock(voice):
-            if await asyncio.to_thread(swap.ready_versions, self.triton, voice) == want:
+            if await asyncio.to_thread(swap.ready_versions, self.triton, voice, self.admin_key) == want:
                 return
         await self.load(voice, why)
 
@@ -315,7 +316,7 @@ class ControlService:
         if not ready:
             if live:
                 try:
-                    states = await asyncio.to_thread(swap.model_states, self.triton, voice)
+                    states = await asyncio.to_thread(swap.model_states, self.triton, voice, self.admin_key)
                     state, reason = states.get(layout.voice_model(voice), {}).get(version, ("UNAVAILABLE", ""))
                     body["state"], body["reason"] = state or "UNAVAILABLE", reason
                 except Exception as exc:  # noqa: BLE001
@@ -449,23 +450,23 @@ class ControlService:
             voice = layout.check_voice_name(body["voice"])
         except (ValueError, KeyError, TypeError, layout.LayoutError) as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
-        repo, url, origin = self.repo, self.triton, self.replica_id
+        repo, url, origin, key = self.repo, self.triton, self.replica_id, self.admin_key
         try:
             if action == "publish":
                 version = body.get("version")
                 if version is None:
                     present = swap.present_versions(repo, voice)
                     version = present[-1] if present else 0
-                call = lambda: swap.activate(repo, voice, int(version), url, self.redis_url, origin)  # noqa: E731
+                call = lambda: swap.activate(repo, voice, int(version), url, self.redis_url, origin, key)  # noqa: E731
             elif action == "rollback":
                 to = body.get("to")
                 call = lambda: swap.rollback(repo, voice, url, None if to is None else int(to), self.redis_url,  # noqa: E731
-                                             origin, body.get("reason", ""))
+                                             origin, body.get("reason", ""), key)
             elif action == "canary":
                 call = lambda: swap.canary(repo, voice, int(body["version"]), float(body["weight"]), url,  # noqa: E731
-                                           self.redis_url, origin)
+                                           self.redis_url, origin, key)
             else:
-                call = lambda: swap.promote(repo, voice, url, self.redis_url, origin)  # noqa: E731
+                call = lambda: swap.promote(repo, voice, url, self.redis_url, origin, key)  # noqa: E731
             async with self._lock(voice):
                 outcome = await asyncio.to_thread(call)
         except swap.Refused as exc:
@@ -519,6 +520,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis", default=os.environ.get("GSV_REDIS"), help="Redis URL (default: $GSV_REDIS); none: no replica sync")
     p.add_argument("--replica-id", help="this replica's name in Redis messages (default: host:pid)")
     p.add_argument("--converge-interval", type=float, default=30.0, help="seconds between repository checks")
+    p.add_argument("--admin-key", default=None,
+                   help="this replica's Triton admin key (default: $GSV_ADMIN_KEY, else REPO/.gsv/admin-key)")
 
 
 def cmd_control(args) -> int:
@@ -526,7 +529,7 @@ def cmd_control(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     service = ControlService(args.repo, args.triton, args.triton_http, args.triton_metrics, args.redis,
-                             args.replica_id, args.converge_interval)
+                             args.replica_id, args.converge_interval, args.admin_key)
     print(f"gsv-triton: control service for Triton {args.triton} on http://{args.host}:{args.port} "
           f"(repository {args.repo}, redis {args.redis or 'none'}, replica {service.replica_id})", flush=True)
     web.run_app(service.app(), host=args.host, port=args.port, print=None, handle_signals=True,

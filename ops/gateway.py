@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,11 +112,12 @@ def _status_of(exc) -> int:
 class Synthesizer:
     """tts/tts_stream over one gRPC connection (shared by all requests of the process)."""
 
-    def __init__(self, url: str, timeout: float = 600.0):
+    def __init__(self, url: str, timeout: float = 600.0, admin_key: str | None = None):
         import tritonclient.grpc.aio as grpcaio
 
         self.client = grpcaio.InferenceServerClient(url)
         self.timeout = timeout
+        self.admin_key = admin_key  # only for the repository index (voice listing); never loads
 
     async def close(self) -> None:
         await self.client.close()
@@ -143,8 +145,19 @@ class Synthesizer:
             raise RequestError(f"{what} is not loaded", 404)
 
     async def voices(self) -> dict[str, list[int]]:
-        """Ready versions per voice, from Triton's repository index."""
-        index = await self.client.get_model_repository_index(as_json=True, client_timeout=10)
+        """Ready versions per voice, from Triton's repository index (a restricted API: the admin key)."""
+        from tritonclient.utils import InferenceServerException
+
+        from ops import admin
+
+        try:
+            index = await self.client.get_model_repository_index(headers=admin.headers(self.admin_key), as_json=True,
+                                                                 client_timeout=10)
+        except InferenceServerException as exc:
+            if admin.is_refusal(str(exc.message())):
+                raise TritonError("listing voices needs Triton's admin key: start the gateway with --admin-key "
+                                  "or $GSV_ADMIN_KEY", 503) from None
+            raise TritonError(f"Triton: {str(exc.message()).splitlines()[0][:200]}", _status_of(exc)) from None
         out: dict[str, list[int]] = {}
         for model in index.get("models", []):
             name = model.get("name", "")
@@ -246,6 +259,7 @@ class GatewayConfig:
     retry_after_s: int = 1
     timeout_s: float = 600.0
     control: str | None = None      #: the control service's base URL (the console's routing and events)
+    admin_key: str | None = None    #: Triton's admin key, for the repository index (voice lists) only
 
 
 class Gateway:
@@ -273,7 +287,7 @@ class Gateway:
         return app
 
     async def _start(self, app) -> None:
-        self.synth = Synthesizer(self.config.triton, self.config.timeout_s)
+        self.synth = Synthesizer(self.config.triton, self.config.timeout_s, self.config.admin_key)
 
     async def _stop(self, app) -> None:
         if self.synth is not None:
@@ -466,6 +480,8 @@ def add_gateway_parser(sub) -> None:
     p.add_argument("--control", metavar="URL",
                    help="the control service (http://HOST:PORT): the console at / shows its canary routing and "
                         "live events (none: shown as unknown)")
+    p.add_argument("--admin-key", default=os.environ.get("GSV_ADMIN_KEY"), metavar="KEY",
+                   help="Triton's admin key (default: $GSV_ADMIN_KEY), used only to list voices (repository index)")
 
 
 def cmd_gateway(args) -> int:
@@ -478,7 +494,7 @@ def cmd_gateway(args) -> int:
         raise SystemExit(f"gsv-triton gateway: --control {args.control} must be an http:// or https:// URL")
     gateway = Gateway(GatewayConfig(triton=args.triton, default_voice=args.default_voice, ref_root=args.ref_root,
                                     max_in_flight=args.max_in_flight, max_tokens=args.max_tokens,
-                                    control=args.control))
+                                    control=args.control, admin_key=args.admin_key))
     LOG.info("[gateway] http://%s:%d -> Triton %s (media: %s)", args.host, args.port, args.triton,
              ", ".join(audio_encode.available()))
     web.run_app(gateway.app(), host=args.host, port=args.port, handler_cancellation=True, print=None)

@@ -58,11 +58,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops import admin
+
 PIP_HINT = "pip install 'nvidia-pytriton==0.7.0'  (or: pip install -e '.[serve]')"
-CONTAINER_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-# In the official container, onnxruntime-gpu 1.20 matches its CUDA 12.6 / cuDNN 9; newer
-# onnxruntime-gpu wheels target CUDA 13. Never install onnxruntime and onnxruntime-gpu together.
-CONTAINER_ORT = "onnxruntime-gpu==1.20.1"
+# 25.10: a release after NVIDIA's 2025 Triton security bulletins (unauthenticated HTTP-server and
+# Python-backend CVEs, fixed from 25.07); the pip-installed 2.51 predates them (README, Security).
+CONTAINER_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+# 25.10 is CUDA 13; onnxruntime-gpu 1.23 is built for CUDA 12 and brings its CUDA 12 / cuDNN 9
+# runtime as wheels (the [cuda,cudnn] extra), so it does not depend on the container's CUDA.
+# Never install onnxruntime and onnxruntime-gpu together.
+CONTAINER_ORT = "onnxruntime-gpu[cuda,cudnn]==1.23.2"
 
 
 def container_pip(project: Path) -> str:
@@ -232,11 +237,14 @@ def static_repository() -> Path:
 
 def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                    host: str = "127.0.0.1", load_models: list[str] | str = "*", extra_args=(),
-                   cache_dir: Path | None = None, install: TritonInstall | None = None) -> tuple[list[str], dict]:
+                   cache_dir: Path | None = None, install: TritonInstall | None = None,
+                   admin_key: str | None = None) -> tuple[list[str], dict]:
     """argv and environment that start tritonserver on ``repo``.
 
     ``load_models``: "*" loads every visible model of the repository (one ``--load-model``
-    each); a list loads those; an empty list starts with nothing loaded.
+    each); a list loads those; an empty list starts with nothing loaded. The admin APIs are
+    always behind ``admin_key`` (``ops.admin.ensure``: given, ``$GSV_ADMIN_KEY``, or
+    ``REPO/.gsv/admin-key``, made when missing).
     """
     install = install or find_tritonserver()
     cache_dir = Path(cache_dir or default_cache_dir())
@@ -264,6 +272,7 @@ def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, met
             f"--metrics-address={host}", f"--metrics-port={metrics_port}",
             *[f"--load-model={n}" for n in names],
             *PYTHON_BACKEND_CONFIG,
+            *admin.triton_args(admin.ensure(repo, admin_key)),
             *[str(a) for a in extra_args]]
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(_python_bin_dir(cache_dir)), env.get("PATH", "")]).rstrip(os.pathsep)
@@ -295,14 +304,19 @@ class TritonProcess:
 
     def __init__(self, repo: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                  host: str = "127.0.0.1", models: list[str] | str = "*", extra_args=(),
-                 log_path: Path | str | None = None, cache_dir: Path | None = None, exit_timeout: int = 30):
+                 log_path: Path | str | None = None, cache_dir: Path | None = None, exit_timeout: int = 30,
+                 admin_key: str | None = None):
         self.repo = Path(repo)
+        if not self.repo.is_dir():
+            raise ServerError(f"model repository {self.repo} not found")
+        self.admin_key = admin.ensure(self.repo, admin_key)
         self.exit_timeout = exit_timeout
         extra_args = [*extra_args]
         if not any(str(a).startswith("--exit-timeout-secs") for a in extra_args):
             extra_args.append(f"--exit-timeout-secs={exit_timeout}")
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
-        self.argv, self.env = server_command(repo, http_port, grpc_port, metrics_port, host, models, extra_args, cache_dir)
+        self.argv, self.env = server_command(repo, http_port, grpc_port, metrics_port, host, models, extra_args, cache_dir,
+                                            admin_key=self.admin_key)
         self.models = [a.split("=", 1)[1] for a in self.argv if a.startswith("--load-model=")]
         # log_path "-": inherit this process's stdout/stderr; None: a temporary file.
         if log_path is None:
@@ -327,6 +341,11 @@ class TritonProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers/metadata for the restricted APIs (load, unload, repository index, config, ...)."""
+        return admin.headers(self.admin_key)
 
     @property
     def pid(self) -> int | None:
@@ -439,35 +458,61 @@ class TritonProcess:
         self.stop()
 
 
-def loaded_models(http_url: str) -> list[dict]:
-    """The repository index (name, version, state) over HTTP."""
-    req = urllib.request.Request(f"http://{http_url}/v2/repository/index", data=b"{}", method="POST")
+def loaded_models(http_url: str, admin_key: str | None = None) -> list[dict]:
+    """The repository index (name, version, state) over HTTP (a restricted API: needs the key)."""
+    req = urllib.request.Request(f"http://{http_url}/v2/repository/index", data=b"{}", method="POST",
+                                 headers=admin.headers(admin_key) or {})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
 
 
+def container_triton_args(names: list[str], admin_key_ref: str = "${GSV_ADMIN_KEY:?set GSV_ADMIN_KEY}") -> list[str]:
+    """tritonserver's options inside a container: the same model control, backend settings and
+    admin restriction as ``gsv-triton serve``; the key comes from the container's environment
+    (``admin_key_ref`` is expanded by the container's shell, never written into the command)."""
+    apis = ",".join(admin.RESTRICTED)
+    return ["--model-repository=/models", "--model-repository=/opt/gsv-triton-src/model_repository",
+            "--model-control-mode=explicit", *PYTHON_BACKEND_CONFIG, *[f"--load-model={n}" for n in names],
+            f"--http-restricted-api={apis}:{admin.HEADER}={admin_key_ref}",
+            f"--grpc-restricted-protocol={apis}:{admin.HEADER}={admin_key_ref}"]
+
+
 def official_container_command(repo: Path, project: Path | None = None, models: list[str] | str = "*") -> str:
-    """The equivalent ``docker run`` line for the official Triton container (GPU host).
+    """The equivalent ``docker run`` line for the official Triton container (GPU host), every
+    word quoted (``shlex``), so folder and model names cannot inject shell syntax.
 
     The container has Triton and the Python backend but none of our Python packages: the
     project must be pip-installed inside it, without its torch extra, together with what
     ``python_backend`` imports (``container_pip``: the runtime dependencies of pyproject.toml,
-    the text front end's included, with onnxruntime-gpu 1.20.x for the container's CUDA 12.6).
+    the text front end's included, with onnxruntime-gpu and its CUDA 12 runtime wheels).
     Japanese also needs pyopenjtalk and Debian's open-jtalk-mecab-naist-jdic (not added here).
+    The admin key is passed from the calling shell's ``$GSV_ADMIN_KEY`` (``-e GSV_ADMIN_KEY``).
     """
+    import shlex
+
     repo = Path(repo).resolve()
     project = Path(project or Path(__file__).resolve().parent.parent).resolve()
     names = repository_models(repo) + repository_models(project / "model_repository") if models == "*" else list(models)
-    loads = " ".join(f"--load-model={n}" for n in names)
+    for name in names:
+        if not name or name.startswith(".") or "/" in name:
+            raise ServerError(f"not a model name: {name!r}")
+    # tritonserver's words are quoted for the inner shell, except the key reference, which that
+    # shell must expand (inside double quotes: no word splitting, no globbing).
+    triton = []
+    for word in container_triton_args(names):
+        if "${GSV_ADMIN_KEY" in word:
+            head, _, _ = word.partition("${")
+            triton.append(shlex.quote(head) + '"${GSV_ADMIN_KEY:?set GSV_ADMIN_KEY}"')
+        else:
+            triton.append(shlex.quote(word))
     inner = (f"cp -r /opt/gsv-triton-src /tmp/gsv-triton && pip install --no-cache-dir {container_pip(project)} && "
-             f"pip install --no-cache-dir --no-deps /tmp/gsv-triton && "
-             f"exec tritonserver --model-repository=/models --model-repository=/opt/gsv-triton-src/model_repository "
-             f"--model-control-mode=explicit {' '.join(PYTHON_BACKEND_CONFIG)} {loads}").rstrip()
+             f"pip install --no-cache-dir --no-deps /tmp/gsv-triton && exec tritonserver {' '.join(triton)}")
     # Inside the container Triton must listen on 0.0.0.0 for the port mapping; publish the ports
     # on the host's loopback only, like `gsv-triton serve` (drop "127.0.0.1:" to expose them).
-    return (f"docker run --rm --gpus all --shm-size=1g -e GSV_REPO=/models "
-            f"-p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -p 127.0.0.1:8002:8002 "
-            f"-v {repo}:/models -v {project}:/opt/gsv-triton-src:ro {CONTAINER_IMAGE} bash -c \"{inner}\"")
+    outer = ["docker", "run", "--rm", "--gpus", "all", "--shm-size=1g", "-e", "GSV_REPO=/models", "-e", admin.ENV,
+             "-p", "127.0.0.1:8000:8000", "-p", "127.0.0.1:8001:8001", "-p", "127.0.0.1:8002:8002",
+             "-v", f"{repo}:/models", "-v", f"{project}:/opt/gsv-triton-src:ro", CONTAINER_IMAGE, "bash", "-c", inner]
+    return shlex.join(outer)
 
 
 # ---- gsv-triton serve ----
@@ -489,6 +534,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
     p.add_argument("--exit-timeout", type=int, default=30,
                    help="seconds Triton waits at shutdown for in-flight requests and open connections")
+    p.add_argument("--admin-key", default=None,
+                   help="key for Triton's admin APIs (load/unload, repository index, config, shared memory, logging, "
+                        "trace, statistics), sent as the gsv-admin-key header; default: $GSV_ADMIN_KEY, else "
+                        "REPO/.gsv/admin-key (a random one is written there, mode 0600)")
     p.add_argument("--print-docker", action="store_true", help="print the equivalent official-container command and exit")
     p.add_argument("triton_args", nargs="*", help="extra tritonserver options, after --")
 
@@ -500,8 +549,9 @@ def cmd_serve(args) -> int:
         return 0
     try:
         server = TritonProcess(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.host, models,
-                               args.triton_args, log_path=args.log_file, exit_timeout=args.exit_timeout)
-    except ServerError as exc:
+                               args.triton_args, log_path=args.log_file, exit_timeout=args.exit_timeout,
+                               admin_key=args.admin_key)
+    except (ServerError, admin.AdminKeyError) as exc:
         print(f"gsv-triton: error: {exc}", file=sys.stderr)
         return 2
     with stop_signals() as stop:
@@ -524,6 +574,8 @@ def _start_and_serve(server: "TritonProcess", args, stop: threading.Event) -> in
         return 2
     print(f"gsv-triton: ready  HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}",
           flush=True)
+    print(f"gsv-triton: admin APIs (load/unload, repository index, config, ...) need the {admin.HEADER} header: "
+          f"the key is in {admin.key_file(args.repo)} unless --admin-key/${admin.ENV} gave it", flush=True)
     code = server.serve_until_signal()
     note = "" if code == 0 else (" — it waited --exit-timeout for in-flight requests or open client "
                                  "connections, or failed; see its log")

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.errors import ExportError
+from ops import admin
 from python_backend import history, layout
 from python_backend.model_config import voice_model_spec
 from python_backend.routing import Route, read_table, set_route
@@ -148,18 +149,27 @@ def _client(url: str):
     return grpcclient.InferenceServerClient(url)
 
 
-def load_voice(url: str, voice: str, timeout: float = LOAD_TIMEOUT) -> None:
-    """gRPC ``load_model`` of the voice (never HTTP: an HTTP load blocks HTTP inference on 2.51)."""
+def _restricted(url: str, message: str) -> SwapError | None:
+    if admin.is_refusal(message):
+        return SwapError(f"Triton at {url} refused an admin call: the admin key is missing or wrong; pass "
+                         f"--admin-key, set ${admin.ENV}, or run where REPO/.gsv/admin-key is readable ({message})")
+    return None
+
+
+def load_voice(url: str, voice: str, timeout: float = LOAD_TIMEOUT, key: str | None = None) -> None:
+    """gRPC ``load_model`` of the voice (never HTTP: an HTTP load blocks HTTP inference on 2.51),
+    with the admin key (``serve`` restricts the model-repository API)."""
     from tritonclient.utils import InferenceServerException
 
     client = _client(url)
     try:
-        client.load_model(layout.voice_model(voice), client_timeout=timeout)
+        client.load_model(layout.voice_model(voice), headers=admin.headers(key), client_timeout=timeout)
     except InferenceServerException as exc:
         message = exc.message() if exc.message() else str(exc)
-        if any(code in str(exc.status() or "") for code in _UNANSWERED):
+        refused = _restricted(url, message)
+        if refused is None and any(code in str(exc.status() or "") for code in _UNANSWERED):
             raise TritonUnavailable(f"Triton at {url} did not answer the load of voice {voice}: {message}") from None
-        raise SwapError(message) from None
+        raise (refused or SwapError(message)) from None
     finally:
         client.close()
 
@@ -176,11 +186,16 @@ def require_live(url: str) -> None:
         raise TritonUnavailable(f"Triton at {url} is not live")
 
 
-def model_states(url: str, voice: str | None = None) -> dict[str, dict[int, tuple[str, str]]]:
-    """Triton's repository index: model -> version -> (state, reason)."""
+def model_states(url: str, voice: str | None = None, key: str | None = None) -> dict[str, dict[int, tuple[str, str]]]:
+    """Triton's repository index: model -> version -> (state, reason) (a restricted API: the key)."""
+    from tritonclient.utils import InferenceServerException
+
     client = _client(url)
     try:
-        index = client.get_model_repository_index(as_json=True).get("models", [])
+        index = client.get_model_repository_index(headers=admin.headers(key), as_json=True).get("models", [])
+    except InferenceServerException as exc:
+        message = exc.message() if exc.message() else str(exc)
+        raise (_restricted(url, message) or SwapError(f"Triton at {url}: {message}")) from None
     finally:
         client.close()
     out: dict[str, dict[int, tuple[str, str]]] = {}
@@ -193,8 +208,8 @@ def model_states(url: str, voice: str | None = None) -> dict[str, dict[int, tupl
     return out
 
 
-def ready_versions(url: str, voice: str) -> list[int]:
-    states = model_states(url, voice).get(layout.voice_model(voice), {})
+def ready_versions(url: str, voice: str, key: str | None = None) -> list[int]:
+    states = model_states(url, voice, key).get(layout.voice_model(voice), {})
     return sorted(v for v, (state, _) in states.items() if state == "READY")
 
 
@@ -274,9 +289,10 @@ def _record_active(repo: Path, voice: str, version: int, since: float, reason: s
 
 
 def activate(repo: Path, voice: str, version: int, url: str, redis_url: str | None = None,
-             origin: str | None = None) -> Outcome:
+             origin: str | None = None, admin_key: str | None = None) -> Outcome:
     """Load an already-written version (the highest present) on ``url`` and announce it."""
     repo = Path(repo)
+    key = admin.read(repo, admin_key)
     origin = origin or origin_id()
     present = present_versions(repo, voice)
     if version not in present:
@@ -289,7 +305,7 @@ def activate(repo: Path, voice: str, version: int, url: str, redis_url: str | No
     write_policy(repo, voice)
     since = time.time()
     try:
-        load_voice(url, voice)
+        load_voice(url, voice, key=key)
     except TritonUnavailable as exc:
         raise SwapError(f"{exc}; voice {voice} version {version} stays in the repository unjudged: retry with "
                         f"POST /publish on a control service (replicas also load it at their next check)") from None
@@ -301,7 +317,8 @@ def activate(repo: Path, voice: str, version: int, url: str, redis_url: str | No
     return Outcome(voice, version, "publish", announced=announce(redis_url, voice, version, "publish", origin))
 
 
-def publish(opts, url: str, redis_url: str | None = None, origin: str | None = None) -> Outcome:
+def publish(opts, url: str, redis_url: str | None = None, origin: str | None = None,
+            admin_key: str | None = None) -> Outcome:
     """Export (``ExportOptions``), load, validate (inside the load) and promote, in one step."""
     from export.voice_export import export_voice  # torch: only for the export step
 
@@ -313,7 +330,7 @@ def publish(opts, url: str, redis_url: str | None = None, origin: str | None = N
         opts.version = layout.next_version(opts.repo, opts.voice)
     with _background_priority():
         target = export_voice(opts)
-    return activate(opts.repo, opts.voice, int(target.name), url, redis_url, origin)
+    return activate(opts.repo, opts.voice, int(target.name), url, redis_url, origin, admin_key)
 
 
 @contextlib.contextmanager
@@ -340,10 +357,11 @@ def _background_priority(threads: int = 1):
 
 
 def rollback(repo: Path, voice: str, url: str, to: int | None = None, redis_url: str | None = None,
-             origin: str | None = None, reason: str = "") -> Outcome:
+             origin: str | None = None, reason: str = "", admin_key: str | None = None) -> Outcome:
     """Retire every version newer than ``to`` (default: the one before the active one; during a
     canary: the canary), load, announce. In-flight requests finish on the retired version."""
     repo = Path(repo)
+    key = admin.read(repo, admin_key)
     origin = origin or origin_id()
     present = present_versions(repo, voice)
     route = read_table(repo).get(voice)
@@ -369,10 +387,10 @@ def rollback(repo: Path, voice: str, url: str, to: int | None = None, redis_url:
     write_policy(repo, voice, specific=(to,))
     since = time.time()
     try:
-        load_voice(url, voice)
+        load_voice(url, voice, key=key)
     finally:
         set_route(repo, voice, None)
-    _wait_released(url, voice, newer)
+    _wait_released(url, voice, newer, key=key)
     for version in reversed(newer):
         retire(repo, voice, version)
         history.append(repo, history.Event(voice, version, "rolled_back", reason=why))
@@ -383,11 +401,12 @@ def rollback(repo: Path, voice: str, url: str, to: int | None = None, redis_url:
     return out
 
 
-def _wait_released(url: str, voice: str, versions: list[int], timeout: float = LOAD_TIMEOUT) -> None:
+def _wait_released(url: str, voice: str, versions: list[int], timeout: float = LOAD_TIMEOUT,
+                   key: str | None = None) -> None:
     """Wait until Triton has released ``versions`` (their in-flight requests are done)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        states = model_states(url, voice).get(layout.voice_model(voice), {})
+        states = model_states(url, voice, key).get(layout.voice_model(voice), {})
         if all(states.get(v, ("UNAVAILABLE", ""))[0] == "UNAVAILABLE" for v in versions):
             return
         time.sleep(0.2)
@@ -395,10 +414,11 @@ def _wait_released(url: str, voice: str, versions: list[int], timeout: float = L
 
 
 def canary(repo: Path, voice: str, version: int, weight: float, url: str, redis_url: str | None = None,
-           origin: str | None = None) -> Outcome:
+           origin: str | None = None, admin_key: str | None = None) -> Outcome:
     """Serve ``weight`` of the voice's requests from ``version`` (the newest folder), the rest from
     the version below it; both stay loaded (``specific`` policy) until promote or rollback."""
     repo = Path(repo)
+    key = admin.read(repo, admin_key)
     origin = origin or origin_id()
     if not 0.0 <= weight <= 1.0:
         raise SwapError(f"--weight {weight} out of range [0, 1]")
@@ -419,7 +439,7 @@ def canary(repo: Path, voice: str, version: int, weight: float, url: str, redis_
     write_policy(repo, voice, (active, version))
     since = time.time()
     try:
-        load_voice(url, voice)
+        load_voice(url, voice, key=key)
     except SwapError as exc:
         set_route(repo, voice, None)
         if isinstance(exc, TritonUnavailable):
@@ -428,7 +448,7 @@ def canary(repo: Path, voice: str, version: int, weight: float, url: str, redis_
         refusal = _refused(repo, voice, version, str(exc), since)
         write_policy(repo, voice)
         try:
-            load_voice(url, voice)  # back to latest{1} on the active version
+            load_voice(url, voice, key=key)  # back to latest{1} on the active version
         except SwapError:
             pass
         raise refusal from None
@@ -438,9 +458,11 @@ def canary(repo: Path, voice: str, version: int, weight: float, url: str, redis_
                    announced=announce(redis_url, voice, version, "canary", origin))
 
 
-def promote(repo: Path, voice: str, url: str, redis_url: str | None = None, origin: str | None = None) -> Outcome:
+def promote(repo: Path, voice: str, url: str, redis_url: str | None = None, origin: str | None = None,
+            admin_key: str | None = None) -> Outcome:
     """Make the canary the only version: routing entry removed, policy back to latest{1}, load."""
     repo = Path(repo)
+    key = admin.read(repo, admin_key)
     origin = origin or origin_id()
     route = read_table(repo).get(voice)
     if route is None:
@@ -448,7 +470,7 @@ def promote(repo: Path, voice: str, url: str, redis_url: str | None = None, orig
     set_route(repo, voice, Route(route.active, route.canary, 1.0))  # all new requests to the canary
     write_policy(repo, voice)
     try:
-        load_voice(url, voice)
+        load_voice(url, voice, key=key)
     finally:
         set_route(repo, voice, None)
     history.append(repo, history.Event(voice, route.canary, "promoted", reason=f"replaces {route.active}",
@@ -536,6 +558,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="the Triton server's gRPC address HOST:PORT")
     p.add_argument("--redis", default=os.environ.get("GSV_REDIS"),
                    help="Redis URL (redis://HOST:PORT/0) to tell the other replicas (default: $GSV_REDIS)")
+    p.add_argument("--admin-key", default=None,
+                   help="Triton's admin key (default: $GSV_ADMIN_KEY, else REPO/.gsv/admin-key, which serve writes)")
 
 
 def add_swap_parsers(sub, add_export_args) -> None:
@@ -585,24 +609,26 @@ def cmd_publish(args) -> int:
 
     opts = ExportOptions.from_args(args)
     try:
-        return _report(publish(opts, args.url, args.redis))
+        return _report(publish(opts, args.url, args.redis, admin_key=args.admin_key))
     except Refused as exc:
         return _refusal(exc)
 
 
 def cmd_rollback(args) -> int:
-    return _report(rollback(args.repo, args.voice, args.url, args.to, args.redis, reason=args.reason))
+    return _report(rollback(args.repo, args.voice, args.url, args.to, args.redis, reason=args.reason,
+                            admin_key=args.admin_key))
 
 
 def cmd_canary(args) -> int:
     try:
-        return _report(canary(args.repo, args.voice, args.version, args.weight, args.url, args.redis))
+        return _report(canary(args.repo, args.voice, args.version, args.weight, args.url, args.redis,
+                              admin_key=args.admin_key))
     except Refused as exc:
         return _refusal(exc)
 
 
 def cmd_promote(args) -> int:
-    return _report(promote(args.repo, args.voice, args.url, args.redis))
+    return _report(promote(args.repo, args.voice, args.url, args.redis, admin_key=args.admin_key))
 
 
 def cmd_versions(args) -> int:

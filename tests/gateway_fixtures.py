@@ -59,12 +59,14 @@ class Gateway:
     """``gsv-triton gateway`` on a free port, default voice ``alpha``, ``--max-tokens 20`` (the
     random demo GPTs babble otherwise); ``extra``: more arguments."""
 
-    def __init__(self, triton: str, ref_root: Path, log: Path, *extra: str):
+    def __init__(self, triton: str, ref_root: Path, log: Path, *extra: str, admin_key: str | None = None):
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "-m", "ops.cli", "gateway", "--triton", triton, "--port", str(self.port),
                "--default-voice", "alpha", "--ref-root", str(ref_root), "--max-tokens", "20", *extra]
+        if admin_key:
+            cmd += ["--admin-key", admin_key]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         _wait_up(self.url, self.proc, log, "gateway")
 

@@ -43,7 +43,8 @@ def stack(demo_triton):
     try:
         control = Control(repo, triton, root / "console-control.log")
         started.append(control)
-        gateway = Gateway(triton.grpc_url, root / "refs", root / "console-gateway.log", "--control", control.url)
+        gateway = Gateway(triton.grpc_url, root / "refs", root / "console-gateway.log", "--control", control.url,
+                          admin_key=triton.admin_key)
         started.append(gateway)
         yield {"root": root, "repo": repo, "triton": triton, "control": control, "gateway": gateway}
     finally:
@@ -175,7 +176,7 @@ def test_console_bodies_are_bounded_and_must_be_forms(stack):
 
 def test_without_control_routing_is_unknown_and_events_404(stack):
     root, triton = stack["root"], stack["triton"]
-    gw = Gateway(triton.grpc_url, root / "refs", root / "console-gateway-plain.log")
+    gw = Gateway(triton.grpc_url, root / "refs", root / "console-gateway-plain.log", admin_key=triton.admin_key)
     try:
         status, _, body = get(gw.url + "/console/api/voices")
         data = json.loads(body)

@@ -54,7 +54,7 @@ def decode(body: bytes, media: str) -> tuple[np.ndarray, int]:
 @pytest.fixture(scope="module")
 def stack(demo_triton):
     triton, root = demo_triton
-    gateway = Gateway(triton.grpc_url, root / "refs", root / "gateway.log")
+    gateway = Gateway(triton.grpc_url, root / "refs", root / "gateway.log", admin_key=triton.admin_key)
     yield triton, gateway, root
     gateway.stop()
 
@@ -219,7 +219,8 @@ def test_reference_clip_is_sent_as_tts_reference_inputs(stack):
 def test_over_the_limit_gets_503_and_a_dropped_client_cancels(stack):
     triton, _, root = stack
     refs = root / "refs"
-    gw = Gateway(triton.grpc_url, refs, root / "gateway-limit.log", "--max-in-flight", "1")
+    gw = Gateway(triton.grpc_url, refs, root / "gateway-limit.log", "--max-in-flight", "1",
+                 admin_key=triton.admin_key)
     try:
         long_text = "今天天气很好。我们一起去公园散步。然后回家吃饭。明天还要上班。" * 3
         body = json.dumps({"text": long_text, "text_lang": "zh", "streaming_mode": 2, "media_type": "raw"})

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from python_backend import history, layout, validation
 from python_backend.manifest import MANIFEST_FILE
-from tests.triton_fixtures import require_tritonserver, start_server
+from tests.triton_fixtures import AdminClient, require_tritonserver, start_server
 from tests.voices import demo_voice, export_voice
 
 TEXT = "今天天气很好。"
@@ -151,9 +151,7 @@ def server(built):
 
 
 def _client(server):
-    import tritonclient.grpc as grpcclient
-
-    return grpcclient.InferenceServerClient(server.grpc_url)
+    return AdminClient(server)  # load_model and the repository index need the admin key
 
 
 def _say(server, text=TEXT, **params):

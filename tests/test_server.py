@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -148,6 +149,52 @@ def test_official_container_command(tmp_path):
     line = srv.official_container_command(tmp_path)
     assert "-p 127.0.0.1:8000:8000" in line and srv.CONTAINER_IMAGE in line and f"-v {tmp_path.resolve()}:/models" in line
     assert "--load-model=gsv_bert" in line and ".gsv" not in line and "onnxruntime-gpu" in line and "torch" not in line
+    assert "--http-restricted-api=model-repository," in line and "--grpc-restricted-protocol=model-repository," in line
+    major, minor = (int(x) for x in srv.CONTAINER_IMAGE.rsplit(":", 1)[1].split("-")[0].split("."))
+    assert (major, minor) >= (25, 7), "the container release must carry the 2025 Triton security fixes (25.07+)"
+
+
+def test_container_command_quotes_every_word(tmp_path):
+    """A repository path with spaces, quotes and shell syntax stays one word: bash parses the line
+    back into exactly the argv we meant, and nothing in it runs."""
+    import shlex
+
+    repo = tmp_path / "my voices $(touch PWNED) `id` 'x' \"x\"; rm -rf ~"
+    (repo / "gsv_bert").mkdir(parents=True)
+    (repo / "gsv_bert" / "config.pbtxt").write_text("")
+    line = srv.official_container_command(repo)
+    argv = shlex.split(line)
+    assert argv[:2] == ["docker", "run"] and f"{repo.resolve()}:/models" in argv
+    inner = argv[argv.index("-c") + 1]
+    # the inner script: the key is expanded by the container's shell, nothing else is
+    words = shlex.split(inner.split("exec tritonserver ", 1)[1].replace('"${GSV_ADMIN_KEY:?set GSV_ADMIN_KEY}"', "KEY"))
+    assert "--load-model=gsv_bert" in words and all(w.endswith("gsv-admin-key=KEY") for w in words if "restricted" in w)
+    echo = subprocess.run(["bash", "-c", f"printf '%s\\n' {line}"], cwd=tmp_path, capture_output=True, text=True)
+    assert echo.returncode == 0 and not (tmp_path / "PWNED").exists()
+    assert echo.stdout.splitlines() == argv
+    with pytest.raises(srv.ServerError, match="not a model name"):
+        srv.official_container_command(repo, models=["x/../../etc"])
+
+
+def test_admin_key_file_is_private_and_reused(tmp_path, monkeypatch):
+    from ops import admin
+
+    monkeypatch.delenv(admin.ENV, raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    key = admin.ensure(repo)
+    assert admin.key_file(repo).stat().st_mode & 0o777 == 0o600
+    assert admin.ensure(repo) == key == admin.read(repo) and len(key) >= 32
+    assert admin.ensure(repo, "x" * 20) == "x" * 20  # an explicit key wins (and is not written)
+    monkeypatch.setenv(admin.ENV, "y" * 20)
+    assert admin.read(repo) == "y" * 20
+    with pytest.raises(admin.AdminKeyError, match="16-256 characters"):
+        admin.ensure(repo, "short;rm")
+    argv, _ = srv.server_command(repo, load_models=[], cache_dir=tmp_path / "cache", admin_key="k" * 20)
+    restricted = [a for a in argv if "restricted" in a]
+    apis = "model-repository,model-config,shared-memory,logging,trace,statistics"
+    assert restricted == [f"--http-restricted-api={apis}:gsv-admin-key={'k' * 20}",
+                          f"--grpc-restricted-protocol={apis}:gsv-admin-key={'k' * 20}"]
 
 
 # ---- against the real server ----
@@ -159,7 +206,7 @@ def test_server_ready(server, grpc, http):
         assert grpc.is_model_ready(name) and http.is_model_ready(name)
     wait_model_ready(server.http_url, "gsv_bert", "1", timeout=5)
     assert not http.is_model_ready("voice_demo")  # present in the repository, not asked for
-    index = {m["name"]: m.get("state") for m in srv.loaded_models(server.http_url)}
+    index = {m["name"]: m.get("state") for m in srv.loaded_models(server.http_url, server.admin_key)}
     assert index["gsv_bert"] == "READY" and index["gsv_ssl"] == "READY"
 
 
@@ -241,6 +288,76 @@ def test_binds_loopback_only(server):
                 assert sock.connect_ex((address, port)) != 0, f"port {port} reachable on {address}"
 
 
+_RESTRICTED_HTTP = [  # (method, path, body): one call per restricted API group
+    ("POST", "/v2/repository/index", b"{}"),
+    ("POST", "/v2/repository/models/gsv_bert/load", b"{}"),
+    ("POST", "/v2/repository/models/gsv_bert/unload", b"{}"),
+    ("GET", "/v2/models/gsv_bert/config", None),
+    ("GET", "/v2/systemsharedmemory/status", None),
+    ("GET", "/v2/logging", None),
+    ("GET", "/v2/trace/setting", None),
+    ("GET", "/v2/models/gsv_bert/stats", None),
+]
+
+
+def _http_status(server, method: str, path: str, body: bytes | None, headers: dict | None = None) -> int:
+    req = urllib.request.Request(f"http://{server.http_url}{path}", data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.integration
+def test_model_load_with_code_override_needs_the_admin_key(server, grpc, tmp_path):
+    """The reproduction: a client loads a model with a ``file:1/model.py`` override whose
+    ``initialize`` writes a file. Without the key Triton refuses it on gRPC and HTTP and nothing
+    runs; the shared models keep serving."""
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('pwned')\nclass TritonPythonModel:\n    def execute(self, r):\n        return []\n"
+    config = '{"name": "evil", "backend": "python", "max_batch_size": 0}'
+    with pytest.raises(InferenceServerException) as err:
+        grpc.load_model("evil", config=config, files={"file:1/model.py": code.encode()})
+    assert "restricted" in str(err.value).lower() or "permission" in str(err.value).lower(), err.value
+    import base64, json as _json  # noqa: E401
+
+    body = _json.dumps({"parameters": {"config": config,
+                                       "file:1/model.py": base64.b64encode(code.encode()).decode()}}).encode()
+    assert _http_status(server, "POST", "/v2/repository/models/evil/load", body) in (401, 403)
+    wrong = {"gsv-admin-key": "not-the-key-0123456789"}
+    assert _http_status(server, "POST", "/v2/repository/models/evil/load", body, wrong) in (401, 403)
+    with pytest.raises(InferenceServerException):
+        grpc.load_model("evil", headers=wrong, config=config, files={"file:1/model.py": code.encode()})
+    time.sleep(1)
+    assert not marker.exists()
+    assert grpc.is_model_ready("gsv_bert") and not grpc.is_model_ready("evil")
+
+
+@pytest.mark.integration
+def test_every_admin_api_needs_the_key_and_inference_stays_open(server, grpc, http):
+    for method, path, body in _RESTRICTED_HTTP:
+        if path.endswith(("/load", "/unload")):
+            assert _http_status(server, method, path, body) in (401, 403), path
+            continue  # with the key these would reload or drop a serving model
+        assert _http_status(server, method, path, body) in (401, 403), path
+        assert _http_status(server, method, path, body, server.admin_headers) == 200, path
+    for call in (lambda **kw: grpc.get_model_repository_index(**kw), lambda **kw: grpc.get_model_config("gsv_bert", **kw),
+                 lambda **kw: grpc.get_inference_statistics("gsv_bert", **kw),
+                 lambda **kw: grpc.get_system_shared_memory_status(**kw), lambda **kw: grpc.get_log_settings(**kw),
+                 lambda **kw: grpc.get_trace_settings(**kw)):
+        with pytest.raises(InferenceServerException):
+            call()
+        call(headers=server.admin_headers)
+    # open: health, metadata, inference, metrics
+    assert grpc.is_server_live() and http.is_server_ready() and grpc.is_model_ready("gsv_bert")
+    assert grpc.get_model_metadata("gsv_bert").name == "gsv_bert"
+    assert _infer(grpc, grpcclient, "gsv_bert", "INPUT_IDS", _ids(5), "INT64", "HIDDEN").shape == (5, 1024)
+    assert _infer(http, httpclient, "gsv_bert", "INPUT_IDS", _ids(5), "INT64", "HIDDEN").shape == (5, 1024)
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        assert resp.status == 200
+
+
 def _non_loopback_address() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
@@ -262,7 +379,7 @@ def test_default_skips_hidden_folders_and_sigterm_stops_promptly(repo, tmp_path)
     proc = start_server(small, models=None, log_dir=tmp_path)
     try:
         assert proc.models == ["gsv_ssl", "tts", "tts_stream"]
-        index = {m["name"]: m.get("state") for m in srv.loaded_models(proc.http_url)}
+        index = {m["name"]: m.get("state") for m in srv.loaded_models(proc.http_url, proc.admin_key)}
         assert index.get("gsv_ssl") == "READY" and index.get(".gsv") is None
         client = grpcclient.InferenceServerClient(proc.grpc_url)
         hclient = httpclient.InferenceServerClient(proc.http_url)

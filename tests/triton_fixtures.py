@@ -49,6 +49,32 @@ def start_server(repo: Path, models: list[str] | str | None = None, timeout: flo
     raise last
 
 
+class AdminClient:
+    """A gRPC client that sends the server's admin key with the restricted calls (load, unload,
+    repository index, config); everything else goes through unchanged."""
+
+    def __init__(self, server: TritonProcess):
+        import tritonclient.grpc as grpcclient
+
+        self._client = grpcclient.InferenceServerClient(server.grpc_url)
+        self._headers = server.admin_headers
+
+    def load_model(self, name: str, **kw):
+        return self._client.load_model(name, headers=self._headers, **kw)
+
+    def unload_model(self, name: str, **kw):
+        return self._client.unload_model(name, headers=self._headers, **kw)
+
+    def get_model_repository_index(self, **kw):
+        return self._client.get_model_repository_index(headers=self._headers, **kw)
+
+    def get_model_config(self, name: str, **kw):
+        return self._client.get_model_config(name, headers=self._headers, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
 def wait_model_ready(url: str, name: str, version: str = "", timeout: float = 120) -> None:
     """Poll ``/v2/models/NAME[/versions/V]/ready`` on the HTTP endpoint ``host:port``."""
     path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
