@@ -5,11 +5,18 @@ model at load and unload, publish, rollback, canary, the control services of all
 so ``gsv-triton versions VOICE`` can tell what happened to each version and why. Lines are
 written with one ``write`` on an ``O_APPEND`` descriptor, which keeps concurrent writers
 (several replicas on one shared repository) from interleaving within a line.
+
+Free text in an event (``reason``, ``label``, ``host``) is stripped of control characters when the
+event is made, and again when it is read back (a line written by an older or foreign writer):
+C0/C1 controls and DEL, which would drive a terminal showing ``gsv-triton versions`` (escape
+sequences), and the bidirectional overrides that make text read differently than it is stored.
+Tabs and line breaks become spaces.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +25,17 @@ from pathlib import Path
 from python_backend.layout import STATE_DIR
 
 HISTORY_FILE = "history.jsonl"
+_SPACES = re.compile(r"[\t\n\r\v\f\x1c-\x1f\x85\u2028\u2029]")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value, limit: int | None = None) -> str:
+    """``value`` as one line without control characters (line breaks and tabs become spaces),
+    cut to ``limit`` characters when given."""
+    text = _CONTROLS.sub("", _SPACES.sub(" ", str(value)))
+    return text[:limit] if limit is not None else text
+
+
 EVENTS = ("staged", "validated", "active", "failed", "quarantined", "rolled_back", "released", "canary", "promoted")
 
 
@@ -32,6 +50,7 @@ class Event:
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self):
+        self.reason, self.label, self.host = clean_text(self.reason), clean_text(self.label), clean_text(self.host)
         if self.event not in EVENTS:
             raise ValueError(f"unknown history event {self.event!r}; one of {EVENTS}")
 

@@ -79,15 +79,19 @@ class Gateway:
 
 
 class Control(Gateway):
-    """``gsv-triton control`` (no Redis) on a free port, beside the tritonserver ``triton``."""
+    """``gsv-triton control`` (no Redis unless ``extra`` says so) on a free port, beside the
+    tritonserver ``triton``; ``extra``: more arguments; ``env``: more environment variables (the
+    token, ``$GSV_CONTROL_TOKEN``, is best passed this way)."""
 
-    def __init__(self, repo: Path, triton, log: Path):
+    def __init__(self, repo: Path, triton, log: Path, *extra: str, env: dict | None = None):
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "-m", "ops.control", "--repo", str(repo), "--triton", triton.grpc_url,
-               "--triton-http", triton.http_url, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+               "--triton-http", triton.http_url, "--port", str(self.port), *extra]
+        environ = {k: v for k, v in os.environ.items() if k not in ("GSV_CONTROL_TOKEN", "GSV_REDIS_SECRET")}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     env={**environ, **(env or {})})
         _wait_up(self.url, self.proc, log, "control service")
 
 
@@ -100,9 +104,11 @@ def get(url: str, timeout: float = 300, headers: dict | None = None):
         return exc.code, dict(exc.headers), exc.read()
 
 
-def post(url: str, body, timeout: float = 300, raw: bytes | None = None, content_type: str = "application/json"):
+def post(url: str, body, timeout: float = 300, raw: bytes | None = None, content_type: str = "application/json",
+         headers: dict | None = None):
     data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type, **(headers or {})},
+                                 method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, dict(resp.headers), resp.read()
