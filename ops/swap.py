@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import json
 import os
 import socket
@@ -223,14 +224,27 @@ def is_ready(url: str, voice: str, version: int) -> bool:
         client.close()
 
 
-def announce(redis_url: str | None, voice: str, version: int, action: str, origin: str) -> bool:
+_SECRET: "contextvars.ContextVar[str | None]" = contextvars.ContextVar("gsv_redis_secret", default=None)
+
+
+def use_redis_secret(secret: str | None):
+    """Sign this context's announcements with ``secret`` (the CLI's ``--redis-secret``; the control
+    service sets it around each operation it runs); returns the ``ContextVar`` token."""
+    return _SECRET.set(secret or None)
+
+
+def announce(redis_url: str | None, voice: str, version: int, action: str, origin: str,
+             secret: str | None = None) -> bool:
     """Tell the other replicas to load the voice; False (with a warning) when Redis is unreachable:
-    they converge from the repository at their next start or periodic check."""
+    they converge from the repository at their next start or periodic check. Signed (HMAC-SHA256,
+    ``ops.sync``) with ``secret``, else with the one ``use_redis_secret`` set, if any."""
     if not redis_url:
         return False
     import redis
 
-    message = json.dumps({"voice": voice, "version": version, "action": action, "origin": origin})
+    from ops import sync
+
+    message = sync.make_message(voice, version, action, origin, secret or _SECRET.get())
     try:
         client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         try:
@@ -239,8 +253,8 @@ def announce(redis_url: str | None, voice: str, version: int, action: str, origi
             client.close()
         return True
     except redis.RedisError as exc:
-        print(f"gsv-triton: warning: could not announce on {redis_url} ({exc}); other replicas converge "
-              f"from the repository at their next check", file=sys.stderr)
+        print(f"gsv-triton: warning: could not announce on {sync.redact_url(redis_url)} ({exc}); other replicas "
+              f"converge from the repository at their next check", file=sys.stderr)
         return False
 
 
@@ -537,10 +551,35 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
+_VISIBLE = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\x1b": "\\e"}
+
+
+def _visible(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1, bidirectional overrides, line and
+    paragraph separators) shown as an escape (``\\e``, ``\\x07``, ``\\u202e``): a table printed
+    to a terminal cannot carry escape sequences."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F or ch in "\u200e\u200f\u2028\u2029" or 0x202A <= code <= 0x202E \
+                or 0x2066 <= code <= 0x2069:
+            out.append(_VISIBLE.get(ch) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _json_line(data: dict) -> str:
+    """``json.dumps(..., ensure_ascii=False)`` escapes C0 controls only; DEL, C1 and bidirectional
+    overrides are escaped here too (as ``\\uXXXX``, still valid JSON)."""
+    text = json.dumps(data, ensure_ascii=False)
+    return "".join(f"\\u{ord(ch):04x}" if _visible(ch) != ch else ch for ch in text)
+
+
 def format_rows(rows: list[VersionRow]) -> str:
     head = ("VERSION", "STATE", "LABEL", "STAGED", "LAST EVENT", "AT", "REASON")
-    body = [(str(r.version), r.state, r.label or "-", _when(r.staged_at), r.last_event or "-", _when(r.last_at),
-             r.reason or "-") for r in rows]
+    body = [tuple(_visible(c) for c in (str(r.version), r.state, r.label or "-", _when(r.staged_at),
+                                        r.last_event or "-", _when(r.last_at), r.reason or "-")) for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] for line in [head, *body]]
     return "\n".join(lines)
@@ -560,6 +599,9 @@ def _target_args(p: argparse.ArgumentParser) -> None:
                    help="Redis URL (redis://HOST:PORT/0) to tell the other replicas (default: $GSV_REDIS)")
     p.add_argument("--admin-key", default=None,
                    help="Triton's admin key (default: $GSV_ADMIN_KEY, else REPO/.gsv/admin-key, which serve writes)")
+    p.add_argument("--redis-secret", default=os.environ.get("GSV_REDIS_SECRET"),
+                   help="shared secret signing the Redis announcement (HMAC-SHA256), as the control services' "
+                        "--redis-secret (default: $GSV_REDIS_SECRET)")
 
 
 def add_swap_parsers(sub, add_export_args) -> None:
@@ -605,6 +647,7 @@ def _refusal(exc: Refused) -> int:
 
 
 def cmd_publish(args) -> int:
+    use_redis_secret(args.redis_secret)
     from export.voice_export import ExportOptions
 
     opts = ExportOptions.from_args(args)
@@ -615,11 +658,13 @@ def cmd_publish(args) -> int:
 
 
 def cmd_rollback(args) -> int:
+    use_redis_secret(args.redis_secret)
     return _report(rollback(args.repo, args.voice, args.url, args.to, args.redis, reason=args.reason,
                             admin_key=args.admin_key))
 
 
 def cmd_canary(args) -> int:
+    use_redis_secret(args.redis_secret)
     try:
         return _report(canary(args.repo, args.voice, args.version, args.weight, args.url, args.redis,
                               admin_key=args.admin_key))
@@ -628,6 +673,7 @@ def cmd_canary(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    use_redis_secret(args.redis_secret)
     return _report(promote(args.repo, args.voice, args.url, args.redis, admin_key=args.admin_key))
 
 
@@ -638,7 +684,7 @@ def cmd_versions(args) -> int:
         return 2
     if args.json:
         for row in rows:
-            print(json.dumps(row.to_dict(), ensure_ascii=False))
+            print(_json_line(row.to_dict()))
     else:
         print(format_rows(rows))
     return 0
