@@ -33,7 +33,7 @@ from python_backend import golden as golden_mod
 from python_backend import history, layout
 from python_backend.audio import AudioError, load_reference, prompt_input
 from python_backend.gpt_runner import GPTRunner
-from python_backend.manifest import GraphEntry, Reference, SourceFile, VoiceManifest
+from python_backend.manifest import HASHED_FILES, GraphEntry, Reference, SourceFile, VoiceManifest, config_entry, file_entry
 from python_backend.model_config import voice_model_spec
 from python_backend.onnx_stage import OnnxStage
 from python_backend.speaker_verification import SV_EMB_DIM, SVEmbedder
@@ -283,6 +283,7 @@ def export_voice(opts: ExportOptions) -> Path:
         np.savez(staged.path / "reference.npz", phones=ref.phones, bert=ref.bert, prompts=ref.prompts,
                  ge=ref.ge, spec=ref.spec, **({"sv_emb": ref.sv_emb} if ref.sv_emb is not None else {}))
         (staged.path / "model.py").write_text(VOICE_MODEL_PY)
+        spec = voice_model_spec(layout.voice_model(opts.voice))
         manifest = VoiceManifest(
             voice=opts.voice, version=staged.version, label=opts.label or f"v{staged.version}",
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -303,10 +304,12 @@ def export_voice(opts: ExportOptions) -> Path:
                    **({"shared_sv": str(shared.sv.relative_to(opts.repo))} if ref.sv_source.get("source") == layout.SV_MODEL else {})},
             quality=quality,
             text_frontend={k: text_status[k] for k in ("g2pw", "parity", "upstream_files")},
+            files={name: file_entry(staged.path / name) for name in HASHED_FILES},
+            config=config_entry(spec.render()),
         )
         manifest.validate()
         manifest.write(staged.path)
-        target = staged.publish(voice_model_spec(layout.voice_model(opts.voice)))
+        target = staged.publish(spec)
         history.append(opts.repo, history.Event(opts.voice, staged.version, "staged", label=manifest.label))
         bar.update(1)
     bar.close()

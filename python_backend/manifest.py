@@ -3,20 +3,90 @@
 Written by the same call that writes the graphs (``gsv-triton export``), read by the voice
 model when Triton loads the version. JSON with a ``schema_version``; unknown major
 versions are refused rather than guessed at.
+
+What the hashes cover (checked at every load, ``validation.preflight``): the graphs
+(``graphs``), and since this release ``model.py``, ``reference.npz`` and ``golden.npz``
+(``files``) and the voice's ``config.pbtxt`` as exported (``config``). The config lives one
+level up, is shared by all versions and has its ``version_policy`` rewritten by the swap
+commands, so its hash leaves the policy out (:func:`config_without_policy`), and the load checks
+the config against what this server's code renders for the voice (``model_config``), apart from
+the policy: a config rewritten by a newer release still loads, a hand-edited one does not.
+
+What this protects against: accidental or partial edits, a file swapped or truncated after the
+export (found at the next load, which refuses the version). What it cannot: Triton runs
+``model.py`` before any code of ours, so a replaced ``model.py`` that does not call into
+``python_backend`` checks nothing, and whoever can write the repository can also rewrite the
+manifest. The repository must be writable only by the operator; the hashes are integrity
+checks, not a signature.
 """
 from __future__ import annotations
 
 import json
+import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
+CONFIG_FILE = "config.pbtxt"
+#: files of a version folder besides the graphs whose hashes the manifest records
+HASHED_FILES = ("model.py", "reference.npz", "golden.npz")
 
 
 class ManifestError(ValueError):
     """A manifest is missing, unreadable, or names a field with a bad value."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    """What ``files`` records for one file: ``{"sha256", "bytes"}``."""
+    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
+
+
+_POLICY = re.compile(r"^[ \t]*version_policy\b", re.M)
+
+
+def config_without_policy(text: str) -> str:
+    """config.pbtxt text with its ``version_policy`` block removed (braces balanced, any layout),
+    trailing blanks dropped: the part of a voice's config that swap commands never change."""
+    out, pos = [], 0
+    for match in _POLICY.finditer(text):
+        if match.start() < pos:
+            continue
+        out.append(text[pos:match.start()])
+        i, depth, seen = match.end(), 0, False
+        while i < len(text):
+            ch = text[i]
+            if ch == "{":
+                depth, seen = depth + 1, True
+            elif ch == "}":
+                depth -= 1
+                if seen and depth == 0:
+                    i += 1
+                    break
+            i += 1
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and text[i] == "\n":
+            i += 1
+        pos = i
+    out.append(text[pos:])
+    return "\n".join(line.rstrip() for line in "".join(out).strip().splitlines()) + "\n"
+
+
+def config_entry(text: str) -> dict:
+    """What ``config`` records: the hash of the config as exported, and of it without the policy."""
+    return {"file": f"../{CONFIG_FILE}", "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "sha256_without_policy": hashlib.sha256(config_without_policy(text).encode()).hexdigest()}
 
 
 @dataclass
@@ -74,6 +144,11 @@ class VoiceManifest:
     tools: dict[str, str]  #: exporter / torch / onnx / onnxruntime versions, opset
     quality: dict = field(default_factory=dict)  #: measured agreement and speed per precision option
     text_frontend: dict = field(default_factory=dict)  #: G2PW on/off and upstream dictionaries the reference phones used
+    #: other files of the version folder (``HASHED_FILES``) -> {"sha256", "bytes"}; empty in versions
+    #: exported before this field existed (their model.py is then not checked)
+    files: dict = field(default_factory=dict)
+    #: the voice's config.pbtxt as exported (``config_entry``): hashes with and without the policy
+    config: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:

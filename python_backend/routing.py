@@ -2,8 +2,8 @@
 
 ``REPO/.gsv/routing.json`` holds, per voice with a canary, ``{"active": A, "canary": C,
 "weight": W}``: a share W (0..1) of the voice's new requests goes to version C, the rest to A.
-``gsv-triton canary`` writes it (and makes Triton keep both versions loaded with a
-``specific`` version policy); ``promote`` and ``rollback`` remove the entry. Voices without an
+``gsv-triton canary`` writes it through :func:`set_route`, under the repository lock (and makes
+Triton keep both versions loaded with a ``specific`` version policy); ``promote`` and ``rollback`` remove the entry. Voices without an
 entry are sent to version -1 (Triton's current version, the highest one loaded).
 
 The ``tts``/``tts_stream`` BLS find the file through the ``GSV_REPO`` environment variable
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from python_backend.layout import routing_file
+from python_backend.repo_lock import repo_lock
 
 ENV_REPO = "GSV_REPO"
 CURRENT = -1  # Triton's "the policy's current version"
@@ -81,7 +82,8 @@ def read_table(repo: Path) -> dict[str, Route]:
 
 
 def write_table(repo: Path, table: dict[str, Route]) -> None:
-    """Replace routing.json in one rename (readers see the old or the new table, never half)."""
+    """Replace routing.json in one rename (readers see the old or the new table, never half).
+    A whole-table write: callers changing entries use :func:`set_route` (under the lock)."""
     path = routing_file(repo)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -94,14 +96,20 @@ def write_table(repo: Path, table: dict[str, Route]) -> None:
 
 
 def set_route(repo: Path, voice: str, route: Route | None) -> None:
-    table = read_table(repo)
-    if route is None:
-        if voice not in table:
-            return
-        table.pop(voice)
-    else:
-        table[voice] = route.validate()
-    write_table(repo, table)
+    """Set (or with None remove) one voice's entry: read-modify-write under the repository lock,
+    so concurrent commands on other voices (or other hosts) never lose each other's entries; the
+    file is replaced in one rename, so readers never see half a table."""
+    if route is not None:
+        route.validate()
+    with repo_lock(repo):
+        table = read_table(repo)
+        if route is None:
+            if voice not in table:
+                return
+            table.pop(voice)
+        else:
+            table[voice] = route
+        write_table(repo, table)
 
 
 class RoutingTable:

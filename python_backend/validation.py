@@ -5,6 +5,10 @@ inside the voice model's ``initialize``:
 
 * :func:`check_audio` - problems of one synthesized waveform: non-finite samples, silence,
   clipping, pops (sample-to-sample jumps), a duration that does not fit its token count.
+* :func:`preflight` - before any graph opens: the manifest reads, every file it hashes (graphs,
+  ``model.py``, ``reference.npz``, ``golden.npz``) is unchanged, and the voice's ``config.pbtxt``
+  is what this code renders for the voice apart from the version policy (:func:`check_config`;
+  a mismatch refuses the load but quarantines nothing: the config belongs to every version).
 * :func:`validate` - everything a version must pass before it serves: graph files match the
   manifest's hashes, graph sizes match the manifest, the golden sample (graphs vs. the torch
   outputs recorded at export, tolerance by precision), and :func:`check_audio` on the golden
@@ -36,6 +40,7 @@ Thresholds (measured; see ``tests/test_hot_swap.py`` and the numbers in the comm
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -47,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from python_backend import golden, history, layout, sampling
-from python_backend.manifest import ManifestError
+from python_backend.manifest import CONFIG_FILE, ManifestError, config_without_policy
+from python_backend.repo_lock import repo_lock
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,11 @@ REASON_FILE = "reason.txt"
 
 class ValidationError(RuntimeError):
     """The version must not serve; ``str(exc)`` is a one-line reason."""
+
+
+class ConfigMismatch(ValidationError):
+    """The voice's config.pbtxt is not what this code writes for it: no version of the voice
+    should serve, but no version is at fault (nothing is quarantined)."""
 
 
 # --------------------------------------------------------------------------- audio
@@ -166,29 +177,70 @@ def _sha256(path: Path) -> str:
 
 
 def check_files(folder: Path, manifest) -> list[str]:
-    """Graph files present and equal (sha256) to what the manifest recorded at export."""
+    """Graph files and the other hashed files (``model.py``, ``reference.npz``, ``golden.npz``)
+    present and equal (sha256, size) to what the manifest recorded at export."""
     problems = []
-    for stage, entry in sorted(manifest.graphs.items()):
-        path = Path(folder) / entry.file
+    entries = [(entry.file, entry.sha256, entry.bytes) for _, entry in sorted(manifest.graphs.items())]
+    for name, entry in sorted((manifest.files or {}).items()):
+        if not isinstance(entry, dict) or "sha256" not in entry or "/" in name or name.startswith("."):
+            problems.append(f"manifest entry for {name!r} is malformed")
+            continue
+        entries.append((name, entry["sha256"], entry.get("bytes")))
+    for name, digest, size in entries:
+        path = Path(folder) / name
         if not path.is_file():
-            problems.append(f"{entry.file} missing")
-        elif path.stat().st_size != entry.bytes or _sha256(path) != entry.sha256:
-            problems.append(f"{entry.file} differs from the manifest (sha256/size): corrupted or replaced")
-    for name in ("reference.npz", manifest.golden_file):
-        if not (Path(folder) / name).is_file():
+            problems.append(f"{name} missing")
+        elif (size is not None and path.stat().st_size != size) or _sha256(path) != digest:
+            problems.append(f"{name} differs from the manifest (sha256/size): corrupted or replaced")
+    for name in ("reference.npz", manifest.golden_file, "model.py"):
+        if name not in (manifest.files or {}) and not (Path(folder) / name).is_file():
             problems.append(f"{name} missing")
     return problems
 
 
+def check_config(folder: Path, manifest=None) -> None:
+    """The voice's ``config.pbtxt`` (one level above the version) equals what this code renders
+    for the voice (``model_config.voice_model_spec``), apart from its version policy, which the
+    swap commands rewrite. :class:`ConfigMismatch` (one line) otherwise."""
+    from python_backend.model_config import voice_model_spec
+
+    model_dir = Path(folder).parent
+    path = model_dir / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigMismatch(f"{model_dir.name}/{CONFIG_FILE} unreadable ({exc.strerror or exc})") from None
+    got = config_without_policy(text)
+    want = config_without_policy(voice_model_spec(model_dir.name).render())
+    if got == want:
+        return
+    line = next((f"line {i + 1}: {a.strip()!r}, expected {b.strip()!r}"
+                 for i, (a, b) in enumerate(zip(got.splitlines(), want.splitlines())) if a != b),
+                f"{len(got.splitlines())} lines, expected {len(want.splitlines())}")
+    exported = ""
+    recorded = getattr(manifest, "config", None) or {}
+    if recorded.get("sha256_without_policy"):
+        import hashlib
+
+        same = hashlib.sha256(got.encode()).hexdigest() == recorded["sha256_without_policy"]
+        exported = "; it is the config as exported" if same else "; it also differs from the config as exported"
+    raise ConfigMismatch(f"{model_dir.name}/{CONFIG_FILE} differs from what gsv-triton writes for this voice "
+                         f"(apart from the version policy), {line}{exported}: edited by hand or replaced; "
+                         f"re-export or restore it, no version is quarantined for it")
+
+
 def preflight(folder: Path) -> None:
-    """Before any graph is opened: the manifest reads and validates (:class:`ManifestError`)
-    and every file it names is present and unchanged (:class:`ValidationError`)."""
+    """Before any graph is opened: the manifest reads and validates (:class:`ManifestError`),
+    every file it hashes is present and unchanged (:class:`ValidationError`), and the voice's
+    config.pbtxt is the one this code writes, policy aside (:class:`ConfigMismatch`)."""
     from python_backend.manifest import VoiceManifest
 
     manifest = VoiceManifest.read(folder)
     problems = check_files(folder, manifest)
     if problems:
         raise ValidationError("; ".join(problems))
+    if Path(folder).parent.name.startswith(layout.VOICE_PREFIX):
+        check_config(folder, manifest)
 
 
 def check_sizes(engine) -> list[str]:
@@ -261,7 +313,7 @@ _RESOURCE_WORDS = ("bad_alloc", "bad allocation", "failed to allocate", "out of 
 def is_version_fault(exc: BaseException) -> bool:
     """True when loading failed because of the version's files (quarantine it), False when the
     host is at fault (memory, descriptors, I/O errors: retrying later may succeed)."""
-    if isinstance(exc, (MemoryError, KeyboardInterrupt, SystemExit)):
+    if isinstance(exc, (MemoryError, KeyboardInterrupt, SystemExit, ConfigMismatch)):
         return False
     if isinstance(exc, (ValidationError, ManifestError, zipfile.BadZipFile, EOFError, KeyError, ValueError)):
         return True
@@ -309,6 +361,24 @@ def _history(repo: Path, event) -> None:
         log.warning("[validation] cannot record %s in the history: %s", event.event, exc)
 
 
+QUARANTINE_LOCK_TIMEOUT = 30.0
+
+
+def _park(version_dir: Path, root: Path) -> Path:
+    """One rename of ``version_dir`` into ``root`` under a fresh ``<model>.<N>.<UTC stamp>`` name."""
+    model_dir, version = version_dir.parent, int(version_dir.name)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{model_dir.name}.{version}.{_utc_stamp()}"
+    n = 1
+    while target.exists():
+        target = root / f"{model_dir.name}.{version}.{_utc_stamp()}-{n}"
+        n += 1
+    os.rename(version_dir, target)
+    _fsync_dir(model_dir)
+    _fsync_dir(root)
+    return target
+
+
 def quarantine(version_dir: Path, reason: str) -> Path:
     """Move a refused version out of its model folder; returns where it went.
 
@@ -324,20 +394,17 @@ def quarantine(version_dir: Path, reason: str) -> Path:
     version = int(version_dir.name)
     reason = " ".join(str(reason).split())  # one line
     root = layout.quarantine_root(repo)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{model_dir.name}.{version}.{_utc_stamp()}"
-    n = 1
-    while target.exists():
-        target = root / f"{model_dir.name}.{version}.{_utc_stamp()}-{n}"
-        n += 1
     _history(repo, history.Event(voice, version, "failed", reason=reason))
     try:
         _write_atomic(version_dir / REASON_FILE, f"{reason}\n")
     except OSError as exc:  # read-only or full: the reason is still in the history; move anyway
         log.warning("[validation] cannot write %s: %s", version_dir / REASON_FILE, exc)
-    os.rename(version_dir, target)
-    _fsync_dir(model_dir)
-    _fsync_dir(root)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(repo_lock(repo, timeout=QUARANTINE_LOCK_TIMEOUT))
+        except OSError as exc:  # timed out, read-only .gsv, no flock: a bad version must leave anyway
+            log.warning("[validation] quarantining %s without the repository lock: %s", version_dir, exc)
+        target = _park(version_dir, root)
     _history(repo, history.Event(voice, version, "quarantined", reason=f"moved to {target.relative_to(repo)}: {reason}"))
     log.warning("[validation] %s version %d quarantined to %s: %s", model_dir.name, version, target, reason)
     return target

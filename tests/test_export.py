@@ -31,11 +31,12 @@ TEXT = "你好，欢迎使用语音合成服务。"
 
 
 def snapshot(repo: Path) -> dict[str, tuple[int, int]]:
-    """Every file outside the staging area, with size and mtime: 'the repository as it was'."""
+    """Every file outside the staging area (and the lock and version reservations, which an
+    export in progress holds), with size and mtime: 'the repository as it was'."""
     out = {}
     for path in sorted(repo.rglob("*")):
         rel = path.relative_to(repo).as_posix()
-        if rel.startswith(".gsv/staging"):
+        if rel.startswith((".gsv/staging", ".gsv/reserved", ".gsv/lock")):
             continue
         st = path.stat()
         out[rel] = (st.st_size, st.st_mtime_ns) if path.is_file() else (0, 0)
