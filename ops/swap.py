@@ -46,6 +46,7 @@ from export.errors import ExportError
 from ops import admin
 from python_backend import history, layout
 from python_backend.model_config import voice_model_spec
+from python_backend.repo_lock import repo_lock
 from python_backend.routing import Route, read_table, set_route
 
 CHANNEL = "gsv:swap"
@@ -106,9 +107,15 @@ def retired_versions(repo: Path, voice: str) -> dict[int, list[Path]]:
 
 def _park(repo: Path, voice: str, version: int, root: Path) -> Path:
     src = layout.voice_dir(repo, voice) / str(version)
-    root.mkdir(parents=True, exist_ok=True)
-    dst = root / f"{layout.voice_model(voice)}.{version}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
-    os.rename(src, dst)  # one rename: Triton sees the version present or gone, never half
+    with repo_lock(repo):
+        if not src.is_dir():  # re-checked under the lock: another command may have moved it
+            raise SwapError(f"voice {voice} version {version} is no longer in {repo}; another command moved it")
+        root.mkdir(parents=True, exist_ok=True)
+        stem = f"{layout.voice_model(voice)}.{version}.{time.strftime('%Y%m%dT%H%M%S')}.{layout.host_id()}-{os.getpid()}"
+        dst, n = root / stem, 1
+        while dst.exists():
+            dst, n = root / f"{stem}-{n}", n + 1
+        os.rename(src, dst)  # one rename: Triton sees the version present or gone, never half
     return dst
 
 
@@ -131,8 +138,9 @@ def write_policy(repo: Path, voice: str, specific: tuple[int, ...] | None = None
     spec.specific_versions = tuple(specific) if specific else None
     path = layout.voice_dir(repo, voice) / "config.pbtxt"
     text = spec.render()
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        write_atomic(path, text)
+    with repo_lock(repo):
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_atomic(path, text)
 
 
 def manifest_label(folder: Path) -> str:
@@ -308,15 +316,16 @@ def activate(repo: Path, voice: str, version: int, url: str, redis_url: str | No
     repo = Path(repo)
     key = admin.read(repo, admin_key)
     origin = origin or origin_id()
-    present = present_versions(repo, voice)
-    if version not in present:
-        raise SwapError(f"voice {voice} has no version {version} in {repo} (present: {present or 'none'})")
-    if version != present[-1]:
-        raise SwapError(f"voice {voice} version {version} is not the newest present ({present[-1]} is); "
-                        f"roll back the newer versions first")
-    if voice in read_table(repo):
-        raise SwapError(f"voice {voice} has a canary running; promote it or roll it back first")
-    write_policy(repo, voice)
+    with repo_lock(repo):  # checks and the policy write in one hold; never held across the load
+        present = present_versions(repo, voice)
+        if version not in present:
+            raise SwapError(f"voice {voice} has no version {version} in {repo} (present: {present or 'none'})")
+        if version != present[-1]:
+            raise SwapError(f"voice {voice} version {version} is not the newest present ({present[-1]} is); "
+                            f"roll back the newer versions first")
+        if voice in read_table(repo):
+            raise SwapError(f"voice {voice} has a canary running; promote it or roll it back first")
+        write_policy(repo, voice)
     since = time.time()
     try:
         load_voice(url, voice, key=key)
@@ -340,8 +349,8 @@ def publish(opts, url: str, redis_url: str | None = None, origin: str | None = N
     require_live(url)  # before minutes of export
     if opts.voice in read_table(opts.repo):
         raise SwapError(f"voice {opts.voice} has a canary running; promote it or roll it back before publishing")
-    if opts.version is None:
-        opts.version = layout.next_version(opts.repo, opts.voice)
+    # the version number is reserved by the export itself (layout.reserve_version, under the
+    # repository lock), so two publishes at once get two numbers; activate re-checks the state
     with _background_priority():
         target = export_voice(opts)
     return activate(opts.repo, opts.voice, int(target.name), url, redis_url, origin, admin_key)
@@ -377,38 +386,41 @@ def rollback(repo: Path, voice: str, url: str, to: int | None = None, redis_url:
     repo = Path(repo)
     key = admin.read(repo, admin_key)
     origin = origin or origin_id()
-    present = present_versions(repo, voice)
-    route = read_table(repo).get(voice)
-    if to is None:
-        if route is not None:
-            to = route.active
-        elif len(present) >= 2:
-            to = present[-2]
-        else:
-            raise SwapError(f"voice {voice} has no earlier version to roll back to (present: {present or 'none'})")
-    if to not in present:
-        raise SwapError(f"voice {voice} has no version {to} in {repo} (present: {present or 'none'})")
-    newer = [v for v in present if v > to]
-    if not newer:
-        raise SwapError(f"voice {voice} version {to} is already the newest version")
-    if route is not None and to in (route.active, route.canary):
-        set_route(repo, voice, Route(to, to, 0.0))  # pin new requests on a loaded version while we swap
-    why = f"rolled back to version {to}" + (f": {reason}" if reason else "")
-    # Pin `to` first and let Triton release the newer versions while their folders are still in
-    # place (their in-flight requests finish there); only then move the folders out and restore
-    # the `latest` policy. Moving a serving version's folder before its unload was followed by a
-    # hung response send in tritonserver 2.51 under load.
-    write_policy(repo, voice, specific=(to,))
+    with repo_lock(repo):  # decide and pin in one hold; the load and the drain run without it
+        present = present_versions(repo, voice)
+        route = read_table(repo).get(voice)
+        if to is None:
+            if route is not None:
+                to = route.active
+            elif len(present) >= 2:
+                to = present[-2]
+            else:
+                raise SwapError(f"voice {voice} has no earlier version to roll back to (present: {present or 'none'})")
+        if to not in present:
+            raise SwapError(f"voice {voice} has no version {to} in {repo} (present: {present or 'none'})")
+        newer = [v for v in present if v > to]
+        if not newer:
+            raise SwapError(f"voice {voice} version {to} is already the newest version")
+        if route is not None and to in (route.active, route.canary):
+            set_route(repo, voice, Route(to, to, 0.0))  # pin new requests on a loaded version while we swap
+        why = f"rolled back to version {to}" + (f": {reason}" if reason else "")
+        # Pin `to` first and let Triton release the newer versions while their folders are still in
+        # place (their in-flight requests finish there); only then move the folders out and restore
+        # the `latest` policy. Moving a serving version's folder before its unload was followed by a
+        # hung response send in tritonserver 2.51 under load.
+        write_policy(repo, voice, specific=(to,))
     since = time.time()
     try:
         load_voice(url, voice, key=key)
     finally:
         set_route(repo, voice, None)
     _wait_released(url, voice, newer, key=key)
-    for version in reversed(newer):
-        retire(repo, voice, version)
-        history.append(repo, history.Event(voice, version, "rolled_back", reason=why))
-    write_policy(repo, voice)
+    with repo_lock(repo):  # park and restore the policy in one hold: no replica sees half of it
+        for version in reversed(newer):
+            if (layout.voice_dir(repo, voice) / str(version)).is_dir():
+                retire(repo, voice, version)
+                history.append(repo, history.Event(voice, version, "rolled_back", reason=why))
+        write_policy(repo, voice)
     _record_active(repo, voice, to, since)
     out = Outcome(voice, to, "rollback", detail=why, retired=newer)
     out.announced = announce(redis_url, voice, to, "rollback", origin)
@@ -436,29 +448,34 @@ def canary(repo: Path, voice: str, version: int, weight: float, url: str, redis_
     origin = origin or origin_id()
     if not 0.0 <= weight <= 1.0:
         raise SwapError(f"--weight {weight} out of range [0, 1]")
-    present = present_versions(repo, voice)
-    if version not in present or version != present[-1]:
-        raise SwapError(f"voice {voice}: the canary must be the newest version present (present: {present or 'none'})")
-    current = read_table(repo).get(voice)
-    if current is not None and current.canary == version:  # only the share changes
-        set_route(repo, voice, Route(current.active, version, weight))
-        history.append(repo, history.Event(voice, version, "canary", reason=f"weight {weight} beside {current.active}"))
+    with repo_lock(repo):  # checks, routing and policy in one hold; never held across the load
+        present = present_versions(repo, voice)
+        if version not in present or version != present[-1]:
+            raise SwapError(f"voice {voice}: the canary must be the newest version present (present: {present or 'none'})")
+        current = read_table(repo).get(voice)
+        share_only = current is not None and current.canary == version
+        if share_only:  # only the share changes
+            set_route(repo, voice, Route(current.active, version, weight))
+            history.append(repo, history.Event(voice, version, "canary", reason=f"weight {weight} beside {current.active}"))
+        else:
+            older = [v for v in present if v < version]
+            if not older:
+                raise SwapError(f"voice {voice} has no version before {version} to run a canary beside")
+            active = older[-1]
+            set_route(repo, voice, Route(active, version, weight))  # written first: C gets traffic only once ready
+            write_policy(repo, voice, (active, version))
+    if share_only:
         return Outcome(voice, version, "canary", detail=f"weight {weight}",
                        announced=announce(redis_url, voice, version, "canary", origin))
-    older = [v for v in present if v < version]
-    if not older:
-        raise SwapError(f"voice {voice} has no version before {version} to run a canary beside")
-    active = older[-1]
-    set_route(repo, voice, Route(active, version, weight))  # written first: C gets traffic only once ready
-    write_policy(repo, voice, (active, version))
     since = time.time()
     try:
         load_voice(url, voice, key=key)
     except SwapError as exc:
-        set_route(repo, voice, None)
-        if isinstance(exc, TritonUnavailable):
-            write_policy(repo, voice)
-            raise
+        with repo_lock(repo):
+            set_route(repo, voice, None)
+            if isinstance(exc, TritonUnavailable):
+                write_policy(repo, voice)
+                raise
         refusal = _refused(repo, voice, version, str(exc), since)
         write_policy(repo, voice)
         try:
@@ -478,11 +495,12 @@ def promote(repo: Path, voice: str, url: str, redis_url: str | None = None, orig
     repo = Path(repo)
     key = admin.read(repo, admin_key)
     origin = origin or origin_id()
-    route = read_table(repo).get(voice)
-    if route is None:
-        raise SwapError(f"voice {voice} has no canary to promote")
-    set_route(repo, voice, Route(route.active, route.canary, 1.0))  # all new requests to the canary
-    write_policy(repo, voice)
+    with repo_lock(repo):  # never held across the load
+        route = read_table(repo).get(voice)
+        if route is None:
+            raise SwapError(f"voice {voice} has no canary to promote")
+        set_route(repo, voice, Route(route.active, route.canary, 1.0))  # all new requests to the canary
+        write_policy(repo, voice)
     try:
         load_voice(url, voice, key=key)
     finally:
