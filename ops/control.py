@@ -36,7 +36,7 @@ HTTP API (aiohttp):
   models, swap commands, any replica on the shared repository): ``event: <staged|validated|
   active|failed|quarantined|rolled_back|released|canary|promoted>``, ``data: <the event as JSON>``,
   ``id: <byte offset after the line>``. ``?replay=1`` sends the last ``limit`` past events first
-  (default 100, at most 1000); ``?replay=1&since=OFFSET`` (or a ``Last-Event-ID: OFFSET`` header)
+  (default 100, at most 1000); ``?since=OFFSET`` (or a ``Last-Event-ID: OFFSET`` header)
   the events after that offset, at most ``limit``: when more remain the page ends with ``event:
   more`` (``data: {"next": OFFSET}``) and the stream closes (an ``EventSource`` reconnects with
   ``Last-Event-ID`` and gets the next page); else the stream goes live. The headers
@@ -49,7 +49,9 @@ HTTP API (aiohttp):
   fleet-wide, replicas recording the same version count once, the first version is not a swap,
   a canary going live counts), ``gsv_failed_validations_total{voice}``
   (distinct versions with a ``failed`` or ``quarantined`` event), ``gsv_control_loads_total{voice,
-  result}`` (loads this service made), ``gsv_control_redis_connected``; and, when
+  result}`` (loads this service made), ``gsv_control_redis_connected``,
+  ``gsv_control_redis_dropped_total{reason}``, ``gsv_control_redis_coalesced_total``,
+  ``gsv_control_sse_clients``, ``gsv_control_sse_dropped_total``; and, when
   ``--triton-metrics`` is given, the ``gsv_voice_in_flight{model,version}`` gauge copied from
   this replica's Triton metrics endpoint at each scrape (Triton's own endpoint has it too).
 - ``POST /publish {"voice", "version"?}``: load an already-written version (default: the newest
@@ -66,10 +68,12 @@ messages are dropped with a warning (counted in ``gsv_control_redis_dropped_tota
 without a secret, sync is unauthenticated and the service says so at start. Messages are
 coalesced per voice: at most one follow runs and one waits per voice of the repository (a burst
 of messages for a voice costs at most two loads); messages naming voices the repository does not
-have are dropped. Redis passwords are never logged (``redact_url``). Convergence: at start, after every (re)connection to Redis
-and every ``--converge-interval`` seconds, each voice whose READY versions in Triton differ from
-what the repository says (``swap.served_versions``) is loaded again; a load that failed is not
-retried until the repository changes.
+have are dropped. Redis passwords are never logged (``redact_url``, and a log filter).
+
+Convergence: at start, after every (re)connection to Redis and every ``--converge-interval``
+seconds, each voice whose READY versions in Triton differ from what the repository says
+(``swap.served_versions``) is loaded again; a load that failed is not retried until the
+repository changes.
 
 No torch here: the service runs on serving hosts.
 """
@@ -529,7 +533,8 @@ class ControlService:
                 return
             self.pending[voice] = why  # runs once the running follow is done
             return
-        LOG.info("[control] %s", why.replace(" by ", f" of voice {voice} announced by ", 1))
+        LOG.info("[control] %s of voice %s version %s announced by %s", msg["action"], voice, msg["version"],
+                 history.clean_text(msg["origin"], 200))
         self._start_follow(voice, why)
 
     def _start_follow(self, voice: str, why: str) -> None:

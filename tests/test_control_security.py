@@ -139,6 +139,33 @@ def test_versions_table_escapes_what_is_left():
     assert json.loads(line)["label"] == row.label and "\x1b" not in line and "\u202e" not in line
 
 
+class _Request:
+    def __init__(self, headers: dict, content_type: str = "application/json"):
+        self.headers, self.content_type = headers, content_type
+
+
+def test_access_rules_without_a_server():
+    open_ = control.Access.make(None, bind="127.0.0.1")
+    ok = {"Host": "127.0.0.1:8003"}
+    assert open_.refusal(_Request(ok), write=True) is None
+    for host in ("localhost:8003", "[::1]:8003", "LOCALHOST", "127.0.0.1"):
+        assert open_.refusal(_Request({"Host": host}), write=True) is None, host
+    assert open_.refusal(_Request({}), write=True)[0] == 403  # no Host at all
+    assert open_.refusal(_Request({"Host": "attacker.example:8003"}), write=True)[0] == 403
+    assert open_.refusal(_Request({**ok, "Origin": "https://attacker.example"}), write=True)[0] == 403
+    assert open_.refusal(_Request(ok, "text/plain"), write=True)[0] == 415
+    assert open_.refusal(_Request(ok, "text/plain"), write=False) is None  # GET /events: no body
+    listed = control.Access.make(TOKEN, origins=["https://console.example/"], hosts=["ctl.internal"], bind="0.0.0.0")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert listed.refusal(_Request({"Host": "ctl.internal:8003", "Origin": "https://CONSOLE.example", **auth}),
+                          write=True) is None
+    status, _, headers = listed.refusal(_Request({"Host": "ctl.internal"}), write=True)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    assert listed.refusal(_Request({"Host": "ctl.internal", "Authorization": f"bearer {TOKEN}x"}), True)[0] == 401
+    anywhere = control.Access.make(TOKEN, hosts=["*"])
+    assert anywhere.refusal(_Request({"Host": "10.1.2.3:8003", **auth}), write=True) is None
+
+
 def test_non_loopback_bind_without_a_token_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != control.TOKEN_ENV}
     for host in ("0.0.0.0", "::", "192.0.2.1", "example.com"):
