@@ -10,7 +10,8 @@ class CheckpointError(ExportError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint's pickle names a global outside the allow-list; nothing was executed."""
+    """A checkpoint asks for something the reader refuses (a global outside the allow-list, an
+    operation on a class, a view or size beyond what the file holds); nothing was executed."""
 
 
 class InputError(ExportError):
