@@ -539,7 +539,28 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                         "trace, statistics), sent as the gsv-admin-key header; default: $GSV_ADMIN_KEY, else "
                         "REPO/.gsv/admin-key (a random one is written there, mode 0600)")
     p.add_argument("--print-docker", action="store_true", help="print the equivalent official-container command and exit")
+    limits = p.add_argument_group("work limits (python_backend.limits; passed to the models as environment variables)")
+    limits.add_argument("--max-sentences", type=int, help="sentences per request (default 100)")
+    limits.add_argument("--max-sentence-phones", type=int, help="phones per sentence (default 400)")
+    limits.add_argument("--max-audio-s", type=float, help="seconds of audio per request (default 600)")
+    limits.add_argument("--max-queued-sentences", type=int, help="sentences in progress per voice version (default 512)")
+    limits.add_argument("--max-in-flight", type=int, help="requests in progress per tts model (default 256)")
     p.add_argument("triton_args", nargs="*", help="extra tritonserver options, after --")
+
+
+def limits_env(args) -> dict[str, str]:
+    """The ``--max-*`` options as the environment variables the models read (``Limits.from_env``)."""
+    from python_backend.limits import Limits
+
+    out = {}
+    for name, var in Limits.ENV.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            if not value > 0:
+                raise ServerError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            out[var] = str(value)
+    Limits.from_env(out)  # the models must accept what we pass
+    return out
 
 
 def cmd_serve(args) -> int:
@@ -548,6 +569,7 @@ def cmd_serve(args) -> int:
         print(official_container_command(args.repo, models=models))
         return 0
     try:
+        os.environ.update(limits_env(args))  # TritonProcess gives the server this process's environment
         server = TritonProcess(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.host, models,
                                args.triton_args, log_path=args.log_file, exit_timeout=args.exit_timeout,
                                admin_key=args.admin_key)

@@ -3,6 +3,12 @@
 ``execute`` hands each request to a worker thread and returns at once; the worker answers
 through the request's response sender (tested on 2.51 for both model kinds), so one model
 instance serves many requests concurrently and the voice model can batch them.
+
+Bounded: at most ``GSV_MAX_IN_FLIGHT`` requests per model (more answer UNAVAILABLE at once,
+nothing queues without bound), the text's sentences are checked against the work limits
+(``python_backend.limits``) before any BLS call, and a watcher thread polls every request
+in progress for Triton's cancellation (a gRPC client that timed out or went away): the voice
+model is told to drop the request (CANCEL), streaming or not, so its decode slots free up.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import triton_python_backend_utils as pb_utils
 from python_backend import reference as reference_mod
 from python_backend import tts_pipeline
 from python_backend.layout import BERT_MODEL, SSL_MODEL
+from python_backend.limits import BUSY, Limits
 from python_backend.model_config import TTS_INPUTS
 from python_backend.routing import CURRENT, RoutingTable
 
@@ -96,24 +103,47 @@ def _version(model: str, pinned: int | None = None) -> int:
     return CURRENT
 
 
-def _voice(model: str, inputs: dict[str, np.ndarray], pinned: int | None = None):
+class _Watch:
+    """A request in progress, for the cancellation watcher: where its voice request runs."""
+
+    def __init__(self, request, model: str, rid: str):
+        self.request, self.model, self.rid = request, model, rid
+        self.version = CURRENT  # the routed version, then the one that answered
+        self.cancelled = False
+        self.cancel_sent_at = 0.0
+        # is_cancelled() on a request whose final response went out segfaults tritonserver 2.51
+        # (TRITONBACKEND_ResponseFactoryIsCancelled on a freed factory): the watcher asks only
+        # under this lock and only while ``done`` is False; the worker sets it before its final.
+        self.lock = threading.Lock()
+        self.done = False
+
+
+def _voice(model: str, inputs: dict[str, np.ndarray], pinned: int | None = None, watch: _Watch | None = None):
     if not model_ready(model):
         raise RequestError(f"voice {model.removeprefix('voice_')!r} is not loaded", NOT_FOUND)
+    version = _version(model, pinned)
+    if watch is not None:
+        watch.version = version
     req = pb_utils.InferenceRequest(
-        model_name=model, model_version=_version(model, pinned),
+        model_name=model, model_version=version,
         requested_output_names=["AUDIO", "SAMPLE_RATE", "VOICE_VERSION", "FINISH_REASON"],
         inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
     for resp in bls_exec(req, decoupled=True):
         if resp.has_error():
             err = resp.error()
-            raise VoiceError(err.message(), err.code() if hasattr(err, "code") else pb_utils.TritonError.INTERNAL)
+            code = err.code() if hasattr(err, "code") else pb_utils.TritonError.INTERNAL
+            if BUSY in err.message():  # 2.51's BLS hands the voice's UNAVAILABLE back as INTERNAL
+                code = pb_utils.TritonError.UNAVAILABLE
+            raise VoiceError(err.message(), code)
         chunk = _chunk(resp)
         if chunk is not None:
+            if watch is not None:
+                watch.version = chunk.version
             yield chunk
 
 
-def _pinned_voice(req):
-    return lambda model, inputs: _voice(model, inputs, req.voice_version)
+def _pinned_voice(req, watch: _Watch | None = None):
+    return lambda model, inputs: _voice(model, inputs, req.voice_version, watch)
 
 
 def _cancel(model: str, version: int, request_id: str) -> None:
@@ -161,17 +191,67 @@ class _BLS:
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
         self.ref_cache = cache_from_env()
         self.cache_metrics = CacheMetrics(args["model_name"])
+        self.limits = Limits.from_env()
         self.lock = threading.Lock()
         self.in_flight = 0
+        self.watched: dict[str, _Watch] = {}
+        self.stopping = threading.Event()
+        self.watcher = threading.Thread(target=self._watch_loop, name="tts-cancel", daemon=True)
+        self.watcher.start()
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
-            inputs = _inputs(request)
             with self.lock:
-                self.in_flight += 1
+                busy = self.in_flight >= self.limits.max_in_flight
+                if not busy:
+                    self.in_flight += 1
+            if busy:
+                send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"the server is busy ({self.limits.max_in_flight} requests in progress, "
+                    f"{Limits.ENV['max_in_flight']}); retry later", pb_utils.TritonError.UNAVAILABLE)), flags=FINAL)
+                continue
+            inputs = _inputs(request)
             self.pool.submit(self._serve_guarded, request, sender, inputs)
         return None
+
+    # ---- cancellation: a client that is gone frees its voice slots -----------------------
+    def _watch(self, request, model: str) -> _Watch:
+        import uuid
+
+        watch = _Watch(request, model, uuid.uuid4().hex)
+        with self.lock:
+            self.watched[watch.rid] = watch
+        return watch
+
+    def _unwatch(self, watch: _Watch) -> None:
+        with watch.lock:
+            watch.done = True
+        with self.lock:
+            self.watched.pop(watch.rid, None)
+
+    def _watch_loop(self, every: float = 0.5, resend: float = 2.0) -> None:
+        import time
+
+        while not self.stopping.wait(every):
+            with self.lock:
+                watches = list(self.watched.values())
+            for watch in watches:
+                try:
+                    if not watch.cancelled:
+                        with watch.lock:
+                            if watch.done or not is_cancelled(watch.request):
+                                continue
+                    now = time.monotonic()
+                    if not watch.cancelled:
+                        LOG.info("[tts] request %s cancelled by the client; telling %s to drop it", watch.rid, watch.model)
+                    watch.cancelled = True
+                    # sent again while the request runs: the first CANCEL can reach the voice before its request
+                    if now - watch.cancel_sent_at >= resend:
+                        watch.cancel_sent_at = now
+                        _cancel(watch.model, watch.version, watch.rid)
+                except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one request
+                    LOG.warning("[tts] cancellation check of %s failed: %s", watch.rid, exc)
 
     def _serve_guarded(self, request, sender, inputs):
         try:
@@ -210,16 +290,27 @@ class _BLS:
 
     def finalize(self):
         self.pool.shutdown(wait=True)  # drain: in-flight requests finish before the model goes
+        self.stopping.set()
+        self.watcher.join(5)
 
 
 class TTSModel(_BLS):
     """``tts``: the whole utterance in one response."""
 
     def _serve(self, request, sender, inputs):
-        req = parse(inputs)
-        chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req), stream=False, max_tokens=self._max_tokens(inputs),
-                                         reference=self._reference)
-        utt = tts_pipeline.collect(chunks)
+        req = parse(inputs, self.limits)
+        watch = self._watch(request, f"voice_{req.voice}")
+        try:
+            chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req, watch), stream=False,
+                                             max_tokens=self._max_tokens(inputs), request_id=watch.rid,
+                                             reference=self._reference)
+            utt = tts_pipeline.collect(chunks)
+        finally:
+            self._unwatch(watch)
+        if watch.cancelled:
+            send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "cancelled by the client", pb_utils.TritonError.CANCELLED)), flags=FINAL)
+            return
         send(sender, _outputs(utt.joined(), utt.sample_rate, utt.version, ",".join(utt.finish_reasons)), flags=FINAL)
 
 
@@ -229,26 +320,36 @@ class TTSStreamModel(_BLS):
     stream = True
 
     def _serve(self, request, sender, inputs):
-        import uuid
+        req = parse(inputs, self.limits)
+        watch = self._watch(request, f"voice_{req.voice}")
+        try:
+            final = self._stream(request, sender, inputs, req, watch)
+        finally:
+            self._unwatch(watch)  # before the final response: the watcher must not touch a finished request
+        send(sender, final, flags=FINAL)
 
-        req = parse(inputs)
-        rid = uuid.uuid4().hex
-        chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req), stream=True, max_tokens=self._max_tokens(inputs), request_id=rid,
-                                         reference=self._reference)
+    def _stream(self, request, sender, inputs, req, watch: _Watch):
+        """Send the audio chunks; return the closing response (None: flags only, after a cancel)."""
+        rid = watch.rid
+        chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req, watch), stream=True,
+                                         max_tokens=self._max_tokens(inputs), request_id=rid, reference=self._reference)
         version, rate, reasons = -1, 0, []
         for chunk in chunks:
-            if is_cancelled(request):
-                _cancel(f"voice_{req.voice}", chunk.version, rid)
+            if watch.cancelled or is_cancelled(request):
+                if not watch.cancelled:
+                    watch.cancelled = True
+                    _cancel(f"voice_{req.voice}", chunk.version, rid)
                 LOG.info("[tts] stream %s cancelled by the client; voice slot released", rid)
-                send(sender, flags=FINAL)
-                return
+                return None
             version, rate = chunk.version, chunk.sample_rate
             if chunk.finish_reason:
                 reasons.append(chunk.finish_reason)
             if chunk.audio.size:
                 send(sender, _outputs(chunk.audio, rate, version, chunk.finish_reason, final=False))
+        if watch.cancelled:
+            return None
         # the closing response carries no audio: every chunk went out the moment it was ready
-        send(sender, _outputs(np.zeros(0, np.float32), rate, version, ",".join(reasons), final=True), flags=FINAL)
+        return _outputs(np.zeros(0, np.float32), rate, version, ",".join(reasons), final=True)
 
 
 TritonPythonModel = TTSModel

@@ -25,7 +25,8 @@ from python_backend import history, layout, validation
 from python_backend.triton_common import STUB_IPC, CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, send
 from python_backend.validation import ValidationError  # noqa: F401  (re-exported)
 from python_backend import reference as reference_mod
-from python_backend.voice_engine import EngineReference, RequestError, VoiceEngine
+from python_backend.limits import Limits
+from python_backend.voice_engine import EngineBusy, EngineReference, RequestError, RequestGroup, VoiceEngine
 from python_backend.voice_request import Outgoing, Utterance, sentence_requests, split_sentences
 
 LOG = logging.getLogger("gsv.voice")
@@ -80,7 +81,8 @@ class TritonPythonModel:
                 LOG.warning("[voice] %s version %d: GSV_BENCH_IGNORE_EOS=1 -> BENCHMARK MODE, EOS is ignored and "
                             "every sentence runs to its token budget (never use this in production)",
                             self.name, self.version)
-            engine = VoiceEngine(folder, ignore_eos=ignore_eos)
+            self.limits = Limits.from_env()
+            engine = VoiceEngine(folder, ignore_eos=ignore_eos, max_queued=self.limits.max_queued_sentences)
             metrics = validation.validate(engine, verify_hashes=False)
         except Exception as exc:
             if engine is not None:
@@ -149,6 +151,9 @@ class TritonPythonModel:
             except RequestError as exc:
                 send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)),
                      flags=FINAL)
+            except EngineBusy as exc:
+                send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"voice {self.voice}: {exc}", pb_utils.TritonError.UNAVAILABLE)), flags=FINAL)
             except Exception as exc:  # never raise out of the batch loop: one bad request fails alone
                 LOG.exception("[voice] request failed")
                 send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
@@ -164,7 +169,13 @@ class TritonPythonModel:
                 target.cancel()
             send(sender, flags=FINAL)
             return
-        parts = split_sentences(_value(request, "PHONES"), _value(request, "BERT"), _value(request, "SENTENCE_PHONES"))
+        counts = _value(request, "SENTENCE_PHONES")
+        if counts is not None and np.asarray(counts).size > self.limits.max_sentences:  # before slicing anything
+            raise RequestError(self.limits.check_sentences([1] * int(np.asarray(counts).size)))
+        parts = split_sentences(_value(request, "PHONES"), _value(request, "BERT"), counts)
+        problem = self.limits.check_sentences([p.size for p, _ in parts])
+        if problem:
+            raise RequestError(problem)
         params = {}
         for name, (field, kind) in PARAMS.items():
             raw = _value(request, name)
@@ -192,7 +203,17 @@ class TritonPythonModel:
         # concurrently (exec() returns with the first response, under STUB_IPC), which doubled
         # throughput but crashed the 2.51 tts stub (heap corruption in _PyObject_Malloc) under
         # high request rates; see bench/results/optimizations.md.
-        utterance.handles = [self.engine.submit(req, utterance.emit_for(i)) for i, req in enumerate(engine_requests)]
+        group = RequestGroup(self.limits.audio_tokens(params.get("speed", 1.0)))  # the request's audio cap
+        try:
+            utterance.handles = self.engine.submit_group(
+                engine_requests, [utterance.emit_for(i) for i in range(len(engine_requests))], group)
+        except Exception:
+            with self.metric_lock:
+                self.in_flight.increment(-1)
+            if rid:
+                with self.lock:
+                    self.active.pop(rid, None)
+            raise
 
     def _reference(self, request) -> EngineReference | None:
         """A per-request reference (REF_* inputs) as prompt tokens and ge of this version, cached."""

@@ -13,6 +13,7 @@ import numpy as np
 
 from python_backend.errors import INVALID_ARG, NOT_FOUND, RequestError  # noqa: F401 (re-exported)
 from python_backend.layout import LayoutError, check_voice_name
+from python_backend.limits import Limits
 from python_backend.reference import ReferenceRequest, parse_reference
 from python_backend.text.frontend import PhoneSequence, TextError, normalize_language
 from python_backend.text.frontend import sentences as text_sentences
@@ -99,8 +100,9 @@ def check_param(name: str, value: float | None) -> float:
     return value
 
 
-def parse(inputs: dict[str, object]) -> TTSRequest:
-    """Raw input arrays by name (None when absent) -> a checked request with its sentences."""
+def parse(inputs: dict[str, object], limits: Limits | None = None) -> TTSRequest:
+    """Raw input arrays by name (None when absent) -> a checked request with its sentences,
+    refused when they are over the work limits (``python_backend.limits``)."""
     text = decode_text(inputs.get("TEXT"), "TEXT")
     voice = decode_text(inputs.get("VOICE"), "VOICE").strip()
     try:
@@ -132,6 +134,9 @@ def parse(inputs: dict[str, object]) -> TTSRequest:
         except TextError as exc:
             raise RequestError(f"REF_LANGUAGE: {exc}") from None
     request.sentences = sentences(text, language)
+    problem = (limits or Limits.from_env()).check_sentences([s.phones.phone_ids.size for s in request.sentences])
+    if problem:
+        raise RequestError(f"TEXT: {problem}")
     return request
 
 

@@ -41,10 +41,20 @@ is taken as ``round(t * 1280 / speed)`` (the interpolation is linear, so this is
 up to the resampler's edge effects); the final piece is trimmed or zero-padded (at most about
 one latent frame) so the total still equals the non-stream length.
 
-Noise: a request's noise is drawn once from its seed, frame by frame (frame ``f`` is the
-``f``-th block of 192 normal draws, independent of how many frames are drawn), times
-``noise_scale``; a chunk decode uses the frames the full decode would use at its position
-(``round(2 * c0 / speed)`` onwards). See :func:`request_noise`.
+Noise: a request's noise is a function of its seed and the latent frame, drawn per chunk
+(never for the whole token budget at submit): frames come in blocks of ``NOISE_BLOCK``, block
+``k`` drawn from ``default_rng([seed, 1, k])``, times ``noise_scale``; a chunk decode uses the
+frames the full decode would use at its position (``round(2 * c0 / speed)`` onwards). See
+:func:`noise_frames`.
+
+Bounded work (``python_backend.limits``): ``submit_group`` takes all sentences of one client
+request at once and refuses them whole (:class:`EngineBusy`) when the voice already holds
+``max_queued`` sentences; the group shares a :class:`RequestGroup` whose token allowance
+(the request's audio-seconds cap) ends its sentences with finish reason "budget" when spent.
+Admission is fair: the decode thread admits the waiting sentence of the group with the fewest
+rows in the batch (oldest first among equals), and one group holds at most
+``max_rows_per_request`` rows, so a long request's sentences interleave with other requests
+instead of queueing them behind all of its own.
 
 Reproducibility: the sampling Generator is ``default_rng(seed)`` (as ``GPTRunner.generate``),
 the noise Generator ``default_rng([seed, 1])``. Without a seed the engine draws one and
@@ -68,6 +78,7 @@ import numpy as np
 from python_backend import sampling
 from python_backend.gpt_runner import GPTRunner
 from python_backend.kv_cache import KVCache
+from python_backend.limits import BUSY
 from python_backend.manifest import VoiceManifest
 from python_backend.onnx_stage import OnnxStage, providers, session_options
 
@@ -80,6 +91,7 @@ LATENT_FRAMES_PER_TOKEN = 2
 BUDGET_BASE_TOKENS = 50  # 2 s: leading/trailing silence and the EOS lag of a short sentence
 BUDGET_TOKENS_PER_PHONE = 8  # 0.32 s per phone: 3x a normal v2 speaking rate (~9-10 phones/s)
 NOISE_STREAM = 1
+NOISE_BLOCK = 256  # latent frames per independently seeded noise block (about 5 s of audio)
 
 FINISH_EOS = "eos"
 FINISH_BUDGET = "budget"
@@ -92,6 +104,34 @@ from python_backend.errors import RequestError  # noqa: E402  (a field with a ba
 
 class EngineClosed(RuntimeError):
     """``submit`` after ``close``."""
+
+
+class EngineBusy(RuntimeError):
+    """The voice holds as many sentences as it may queue: retry later (Triton UNAVAILABLE)."""
+
+
+class RequestGroup:
+    """The sentences of one client request: a fairness key and a token allowance (the
+    request's audio-seconds cap) that only the decode thread spends."""
+
+    _ids = iter(range(1, 1 << 62))
+    _ids_lock = threading.Lock()
+
+    def __init__(self, tokens: int | None = None):
+        with RequestGroup._ids_lock:
+            self.id = next(RequestGroup._ids)
+        self.tokens_left = None if tokens is None else int(tokens)
+
+    def spend(self, n: int = 1) -> bool:
+        """Spend ``n`` tokens; False once the allowance is used up (None: unlimited)."""
+        if self.tokens_left is None:
+            return True
+        self.tokens_left -= n
+        return self.tokens_left > 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.tokens_left is not None and self.tokens_left <= 0
 
 
 def token_budget(n_target_phones: int, max_tokens: int | None = None) -> int:
@@ -109,14 +149,25 @@ def token_budget(n_target_phones: int, max_tokens: int | None = None) -> int:
     return budget
 
 
+def noise_frames(seed: int, start: int, stop: int, channels: int, noise_scale: float) -> np.ndarray:
+    """Latent frames ``[start, stop)`` of the request's SoVITS noise [channels, stop - start] f32:
+    frame ``f`` depends only on the seed and ``f``, so a chunk draws only its own frames (plus
+    the rest of their blocks) and equals the slice a whole-utterance decode would use."""
+    n = stop - start
+    if noise_scale == 0 or n <= 0:
+        return np.zeros((channels, max(1, n)), np.float32)
+    blocks = []
+    for k in range(start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
+        rng = np.random.default_rng([int(seed), NOISE_STREAM, k])
+        blocks.append(rng.standard_normal((NOISE_BLOCK, channels), dtype=np.float32))
+    draws = np.concatenate(blocks, axis=0)
+    offset = start - (start // NOISE_BLOCK) * NOISE_BLOCK
+    return np.ascontiguousarray(draws[offset: offset + n].T * np.float32(noise_scale))
+
+
 def request_noise(seed: int, frames: int, channels: int, noise_scale: float) -> np.ndarray:
-    """The request's SoVITS noise [channels, frames] f32: frame ``f`` is the same for any
-    ``frames`` > f, so chunk decodes can slice what a full decode uses."""
-    if noise_scale == 0 or frames <= 0:
-        return np.zeros((channels, max(1, frames)), np.float32)
-    rng = np.random.default_rng([int(seed), NOISE_STREAM])
-    draws = rng.standard_normal((frames, channels), dtype=np.float32)
-    return np.ascontiguousarray(draws.T * np.float32(noise_scale))
+    """The first ``frames`` frames of the request's noise (what a whole-utterance decode uses)."""
+    return noise_frames(seed, 0, frames, channels, noise_scale)
 
 
 def latent_frames(n_tokens: int, speed: float) -> int:
@@ -167,6 +218,7 @@ class SynthesisRequest:
     max_tokens: int | None = None  #: 1..1500; caps :func:`token_budget`
     stream: bool = False  #: emit audio in chunks while the GPT decodes
     reference: EngineReference | None = None  #: None: the version's own reference (reference.npz)
+    group: RequestGroup | None = None  #: the client request it belongs to (fairness, audio cap); None: its own
 
     def validate(self, phone_vocab_size: int | None = None) -> None:
         phones = np.asarray(self.phones)
@@ -263,7 +315,7 @@ class _Request:
     emit: Callable[[AudioChunk], None]
     handle: RequestHandle
     budget: int
-    noise: np.ndarray  # [C, frames for the whole budget]
+    group: RequestGroup
     tokens: list = field(default_factory=list)
     committed: int = 0  # streaming: tokens whose audio is already scheduled
     next_chunk_at: int = 0  # streaming: emit a chunk when this many tokens exist
@@ -308,7 +360,7 @@ class VoiceEngine:
 
     def __init__(self, version_dir: str | Path, max_batch: int = 16, stream_first_tokens: int = 10,
                  stream_chunk_tokens: int = 25, threads: int = 0, left_context: int = 8, holdback: int = 3,
-                 ignore_eos: bool = False):
+                 ignore_eos: bool = False, max_queued: int = 512, max_rows_per_request: int | None = None):
         if max_batch < 1 or stream_first_tokens <= holdback or stream_chunk_tokens < 1:
             raise ValueError(f"max_batch={max_batch} stream_first_tokens={stream_first_tokens} "
                              f"stream_chunk_tokens={stream_chunk_tokens} holdback={holdback}: need max_batch >= 1, "
@@ -316,6 +368,8 @@ class VoiceEngine:
         self.folder = Path(version_dir)
         self.manifest = VoiceManifest.read(self.folder)
         self.max_batch = max_batch
+        self.max_queued = max(1, int(max_queued))
+        self.max_rows_per_request = max(1, max_batch // 2) if max_rows_per_request is None else max(1, max_rows_per_request)
         self.stream_first_tokens = stream_first_tokens
         self.stream_chunk_tokens = stream_chunk_tokens
         self.left_context = left_context
@@ -348,7 +402,7 @@ class VoiceEngine:
         self._in_flight = 0
         self._next_id = 0
         self._closed = False
-        self._intake: queue.Queue = queue.Queue()
+        self._intake = _FairIntake()
         self._jobs: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
         self.stats = collections.Counter()  # steps, step_rows, max_rows, prefills, sovits_batches, sovits_rows
@@ -419,28 +473,42 @@ class VoiceEngine:
             return self._in_flight
 
     def submit(self, req: SynthesisRequest, emit: Callable[[AudioChunk], None]) -> RequestHandle:
-        """Validate and enqueue; ``emit`` is called from the sender thread (raises RequestError)."""
-        req.validate(self.gpt.phone_vocab_size)
+        """Validate and enqueue one sentence; ``emit`` is called from the sender thread (raises
+        RequestError, EngineBusy, EngineClosed)."""
+        return self.submit_group([req], [emit])[0]
+
+    def submit_group(self, reqs: list[SynthesisRequest], emits: list[Callable[[AudioChunk], None]],
+                     group: RequestGroup | None = None) -> list[RequestHandle]:
+        """Validate and enqueue the sentences of one client request, all or none: refused whole
+        (EngineBusy) when the voice would hold more than ``max_queued`` sentences."""
+        for req in reqs:
+            req.validate(self.gpt.phone_vocab_size)
+        group = group or RequestGroup()
         with self._lock:
             if self._closed:
                 raise EngineClosed("voice engine is closed")
-            self._in_flight += 1
-            self._next_id += 1
-            request_id = self._next_id
-        seed = int(req.seed) if req.seed is not None else secrets.randbits(63)
-        budget = token_budget(len(req.phones), req.max_tokens)
-        noise = request_noise(seed, latent_frames(budget, req.speed), self.channels, float(req.noise_scale))
-        r = _Request(req=req, emit=emit, handle=RequestHandle(request_id, seed), budget=budget, noise=noise,
-                     next_chunk_at=self.stream_first_tokens)
-        self._intake.put(r)
-        return r.handle
+            if self._in_flight + len(reqs) > self.max_queued:
+                raise EngineBusy(f"{BUSY} ({self._in_flight} sentences in progress, limit "
+                                 f"{self.max_queued}); retry later")
+            self._in_flight += len(reqs)
+            first = self._next_id + 1
+            self._next_id += len(reqs)
+        requests = []
+        for i, (req, emit) in enumerate(zip(reqs, emits)):
+            req.group = req.group or group
+            seed = int(req.seed) if req.seed is not None else secrets.randbits(63)
+            requests.append(_Request(req=req, emit=emit, handle=RequestHandle(first + i, seed),
+                                     budget=token_budget(len(req.phones), req.max_tokens), group=req.group,
+                                     next_chunk_at=self.stream_first_tokens))
+        self._intake.put_all(requests)
+        return [r.handle for r in requests]
 
     def close(self, timeout: float | None = None) -> None:
         """Stop intake, let in-flight requests finish, join the threads."""
         with self._lock:
             self._closed = True
             self._lock.wait_for(lambda: self._in_flight == 0, timeout)
-        self._intake.put(_STOP)
+        self._intake.stop()
         for t in self._threads:
             t.join(timeout)
 
@@ -464,18 +532,18 @@ class VoiceEngine:
                 batch.clear()
 
     def _admit(self, batch: "_Batch", block: bool) -> bool:
-        """Prefill waiting requests into the batch; True when the stop sentinel was seen."""
+        """Prefill waiting requests into the batch, fairly (module doc); True when stopping."""
         while len(batch.rows) < self.max_batch:
-            try:
-                r = self._intake.get(block=block)
-            except queue.Empty:
+            rows: dict[int, int] = collections.Counter(row.r.group.id for row in batch.rows)
+            r = self._intake.get(block, rows, self.max_rows_per_request)
+            if r is None:
                 return False
             block = False
             if r is _STOP:
                 return True
-            if r.handle.cancelled:
+            if r.handle.cancelled or r.group.exhausted:
                 r.handle.tokens = np.zeros(0, np.int64)
-                self._jobs.put(_Job(r, None, 0, 0, 0, True, FINISH_CANCELLED))
+                self._jobs.put(_Job(r, None, 0, 0, 0, True, FINISH_CANCELLED if r.handle.cancelled else FINISH_BUDGET))
                 continue
             try:
                 self._prefill(batch, r)
@@ -526,6 +594,8 @@ class VoiceEngine:
             reason = sampling.stop_reason(row.generated, argmax[i], tokens[i], self.gpt.eos, -1, row.r.budget)
             if int(tokens[i]) != self.gpt.eos:
                 row.r.tokens.append(int(tokens[i]))
+                if not row.r.group.spend(1) and reason is None:  # the request's audio cap is spent
+                    reason = sampling.STOP_BUDGET
             if reason is not None:
                 done.append(i)
                 self._end_row(row, FINISH_EOS if reason == sampling.STOP_EOS else FINISH_BUDGET)
@@ -631,8 +701,9 @@ class VoiceEngine:
             codes[row, : j.codes.size] = j.codes
             phones[row, : len(j.r.req.phones)] = j.r.req.phones
             f0 = round(LATENT_FRAMES_PER_TOKEN * j.c0 / speed)
-            piece = j.r.noise[:, f0: f0 + latent_frames(j.codes.size, speed)]
-            noise[row, :, : piece.shape[1]] = piece
+            n = latent_frames(j.codes.size, speed)
+            if j.r.req.noise_scale:
+                noise[row, :, :n] = noise_frames(j.r.handle.seed, f0, f0 + n, self.channels, float(j.r.req.noise_scale))
         ge = np.concatenate([self.ge if j.r.req.reference is None else j.r.req.reference.ge for j in jobs], axis=0)
         t0 = time.perf_counter()
         lat = self.sovits.run(codes=codes, code_lengths=np.array([j.codes.size for j in jobs], np.int64),
@@ -711,6 +782,55 @@ class VoiceEngine:
                 with self._lock:
                     self._in_flight -= 1
                     self._lock.notify_all()
+
+
+class _FairIntake:
+    """Sentences waiting for the GPT batch, per client request (group), in arrival order.
+
+    ``get`` hands out the next sentence of the waiting group with the fewest rows in the batch
+    (the oldest group among equals), skipping groups at ``cap`` rows; so a request that sent 100
+    sentences cannot hold back one that arrived later with one. Thread-safe."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._groups: "collections.OrderedDict[int, collections.deque]" = collections.OrderedDict()
+        self._stopping = False
+
+    def put_all(self, requests: list) -> None:
+        with self._cond:
+            for r in requests:
+                self._groups.setdefault(r.group.id, collections.deque()).append(r)
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._groups.values())
+
+    def get(self, block: bool, rows: dict[int, int], cap: int):
+        """The next sentence to admit, ``_STOP`` once stopping with nothing waiting, or None."""
+        with self._cond:
+            while True:
+                best = None
+                for gid, waiting in self._groups.items():  # oldest group first
+                    held = rows.get(gid, 0)
+                    if held < cap and (best is None or held < rows.get(best, 0)):
+                        best = gid
+                if best is not None:
+                    waiting = self._groups[best]
+                    r = waiting.popleft()
+                    if not waiting:
+                        del self._groups[best]
+                    return r
+                if self._stopping and not self._groups:
+                    return _STOP
+                if not block:
+                    return None
+                self._cond.wait()
 
 
 class _Batch:
