@@ -301,7 +301,10 @@ def test_bad_publish_is_refused_and_the_old_version_keeps_serving(world, replica
     import export.voice_export as voice_export
 
     repo = world["repo"]
-    monkeypatch.setattr(voice_export, "export_voice", lambda opts: add_version_copy(repo, 2, opts.version, broken=True))
+    # publish leaves the number to the export (which reserves it): the stand-in picks it the same way
+    monkeypatch.setattr(voice_export, "export_voice",
+                        lambda opts: add_version_copy(repo, 2, opts.version or layout.next_version(repo, VOICE),
+                                                      broken=True))
     code = cli.main(["publish", *export_args(world["src"], repo, VOICE), "--url", replicas[0].grpc, "--redis", redis_url])
     assert code != 0
     assert "refused" in capsys.readouterr().err
