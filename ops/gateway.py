@@ -260,6 +260,7 @@ class GatewayConfig:
     timeout_s: float = 600.0
     control: str | None = None      #: the control service's base URL (the console's routing and events)
     admin_key: str | None = None    #: Triton's admin key, for the repository index (voice lists) only
+    control_token: str | None = None  #: the control service's bearer token (its /events need it when set)
 
 
 class Gateway:
@@ -480,6 +481,8 @@ def add_gateway_parser(sub) -> None:
     p.add_argument("--control", metavar="URL",
                    help="the control service (http://HOST:PORT): the console at / shows its canary routing and "
                         "live events (none: shown as unknown)")
+    p.add_argument("--control-token", default=os.environ.get("GSV_CONTROL_TOKEN"), metavar="TOKEN",
+                   help="the control service's bearer token (default: $GSV_CONTROL_TOKEN), for the console's events")
     p.add_argument("--admin-key", default=os.environ.get("GSV_ADMIN_KEY"), metavar="KEY",
                    help="Triton's admin key (default: $GSV_ADMIN_KEY), used only to list voices (repository index)")
 
@@ -494,7 +497,8 @@ def cmd_gateway(args) -> int:
         raise SystemExit(f"gsv-triton gateway: --control {args.control} must be an http:// or https:// URL")
     gateway = Gateway(GatewayConfig(triton=args.triton, default_voice=args.default_voice, ref_root=args.ref_root,
                                     max_in_flight=args.max_in_flight, max_tokens=args.max_tokens,
-                                    control=args.control, admin_key=args.admin_key))
+                                    control=args.control, admin_key=args.admin_key,
+                                    control_token=args.control_token))
     LOG.info("[gateway] http://%s:%d -> Triton %s (media: %s)", args.host, args.port, args.triton,
              ", ".join(audio_encode.available()))
     web.run_app(gateway.app(), host=args.host, port=args.port, handler_cancellation=True, print=None)

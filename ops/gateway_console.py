@@ -185,6 +185,8 @@ class Console:
         if not self.control:
             return message(404, "this gateway has no control service (start it with --control URL)")
         headers, params = {}, {}
+        if self.gateway.config.control_token:
+            headers["Authorization"] = f"Bearer {self.gateway.config.control_token}"
         if request.headers.get("Last-Event-ID", "").isdigit():
             headers["Last-Event-ID"] = request.headers["Last-Event-ID"]
         elif request.query.get("replay") in ("1", "true", "yes"):

@@ -41,10 +41,12 @@ def stack(demo_triton):
     routing.write_text(json.dumps({"beta": BETA_ROUTE}))
     started = []
     try:
-        control = Control(repo, triton, root / "console-control.log")
+        # the control service with a token, as in production: the gateway sends it for /events
+        token = "console-test-token-0123456789"
+        control = Control(repo, triton, root / "console-control.log", env={"GSV_CONTROL_TOKEN": token})
         started.append(control)
         gateway = Gateway(triton.grpc_url, root / "refs", root / "console-gateway.log", "--control", control.url,
-                          admin_key=triton.admin_key)
+                          "--control-token", token, admin_key=triton.admin_key)
         started.append(gateway)
         yield {"root": root, "repo": repo, "triton": triton, "control": control, "gateway": gateway}
     finally:
@@ -101,6 +103,9 @@ def test_voices_show_routing_read_from_the_control_service(stack):
 
 
 def test_events_are_passed_through_from_the_control_service(stack):
+    """The control service wants its token for /events; the gateway (--control-token) sends it."""
+    status, _, _ = get(stack["control"].url + "/events?replay=1", timeout=10)
+    assert status == 401
     gw = stack["gateway"]
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=WAIT_S)
     try:
