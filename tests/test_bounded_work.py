@@ -18,8 +18,7 @@ from python_backend.tts_request import RequestError, parse
 from python_backend.voice_engine import (
     FINISH_BUDGET, NOISE_BLOCK, EngineBusy, RequestGroup, VoiceEngine, noise_frames, request_noise,
 )
-from tests.test_voice_engine import Collector, make_request
-from tests.voices import demo_voice, export_voice
+from tests.test_voice_engine import Collector, make_request, version_dir  # noqa: F401 (the fixture)
 
 
 def _text_inputs(text: str, **extra) -> dict:
@@ -52,13 +51,6 @@ def test_flood_text_is_refused_before_any_work():
 
 
 # --------------------------------------------------------------------------- engine
-
-
-@pytest.fixture(scope="module")
-def version_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    repo = tmp_path_factory.mktemp("repo")
-    return export_voice(demo_voice(out, 3), repo, "demo", aux=out)
 
 
 @pytest.fixture(scope="module")
