@@ -349,6 +349,12 @@ def bad_manifest(v: Path, stash: Path) -> None:
     (v / MANIFEST_FILE).write_text("{ not json")
 
 
+def edited_model_py(v: Path, stash: Path) -> None:
+    """model.py changed after the export (it still loads our model, so our check runs)."""
+    with (v / "model.py").open("a") as f:
+        f.write("import os  # edited after the export\n")
+
+
 FAULTS = [
     (corrupt_bytes, "sovits.onnx differs from the manifest"),
     (nan_weights, "golden"),
@@ -358,6 +364,7 @@ FAULTS = [
     (wrong_architecture, "gpt_layers 2 in the manifest, 3 in the graphs"),
     (missing_vocoder, "vocoder.onnx"),
     (bad_manifest, "manifest.json"),
+    (edited_model_py, "model.py differs from the manifest"),
 ]
 _next_version = iter(range(10, 100))
 
