@@ -128,9 +128,9 @@ def test_triton_args_match_print_docker(overlay, tmp_path):
     # $(GSV_ADMIN_KEY) is expanded by the kubelet only from the container's own env, from the Secret
     key_env = next(e for e in triton["env"] if e["name"] == "GSV_ADMIN_KEY")
     assert key_env["valueFrom"]["secretKeyRef"]["name"] == "gsv-triton-secrets"
-    # the control sidecar's readiness is the recorded voice's active version
-    control = container(pod, "control")
-    assert control["readinessProbe"]["httpGet"]["path"] == f"/health?voice={params['ready_voice']}&version=latest"
+    # ready when the recorded voice can be served
+    assert triton["readinessProbe"]["httpGet"] == {"path": f"/v2/models/voice_{params['ready_voice']}/ready",
+                                                   "port": "http"}
 
 
 def test_render_args_refuses_bad_names(tmp_path):
@@ -139,7 +139,7 @@ def test_render_args_refuses_bad_names(tmp_path):
     assert render_args.main(["--out", str(out), "--ready-voice", "a&b=c"]) == 2
     assert not out.exists()
     assert render_args.main(["--out", str(out), "--models", "tts,voice_x", "--ready-voice", "x"]) == 0
-    assert "--load-model=voice_x" in out.read_text() and "voice=x&" in out.read_text()
+    assert "--load-model=voice_x" in out.read_text() and "/v2/models/voice_x/ready" in out.read_text()
     # a hand edit is caught
     out.write_text(out.read_text().replace("--load-model=tts\"", "--load-model=tts\"\n            - \"--x\""))
     assert render_args.main(["--out", str(out), "--check"]) == 1

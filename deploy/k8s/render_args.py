@@ -1,5 +1,5 @@
 """Write ``deploy/k8s/base/triton-args.yaml``: the kustomize patch that gives the Triton pods'
-``tritonserver`` container its arguments and the control sidecar its per-voice readiness path.
+``tritonserver`` container its arguments and its per-voice readiness path.
 
 The arguments come from ``ops.server.container_triton_args``, the code behind ``gsv-triton serve
 --print-docker``, so the cluster runs Triton exactly as the documented container does (model
@@ -13,8 +13,11 @@ reference ``$(GSV_ADMIN_KEY)``, which the kubelet expands from the container's e
 ``--models``: what tritonserver loads at start (``--load-model``; each must be in the repository or
 in the project's model_repository when the pod starts: add ``gsv_sv`` for v2Pro/v2ProPlus voices).
 Voices need not be listed: the control service loads every voice the repository records when it
-starts (and keeps converging). ``--ready-voice``: the voice whose active version must be READY
-before a pod takes traffic (``/health?voice=NAME&version=latest`` on the control service).
+starts (and keeps converging). ``--ready-voice``: the voice a pod must be able to serve before it
+takes traffic: Triton's ``/v2/models/voice_NAME/ready`` (some version of it READY). Not the control
+service's ``/health?voice=NAME&version=latest``: that turns 503 on every pod as soon as a new
+version folder lands in the shared repository, until each pod has loaded it, which would take
+every pod out of its Services at once during a publish; use it to watch a rollout reach each pod.
 The parameters are kept in the file's ``# params:`` line; ``--check`` and a plain run without
 options reuse them.
 """
@@ -30,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ops.server import container_triton_args  # noqa: E402
-from python_backend.layout import LayoutError, check_voice_name  # noqa: E402
+from python_backend.layout import LayoutError, voice_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "base" / "triton-args.yaml"
 ADMIN_KEY_REF = "$(GSV_ADMIN_KEY)"  # Kubernetes' expansion of a container env var in args
@@ -38,7 +41,7 @@ DEFAULTS = {"models": ["tts", "tts_stream", "gsv_bert", "gsv_ssl"], "ready_voice
 
 
 def readiness_path(voice: str) -> str:
-    return f"/health?voice={check_voice_name(voice)}&version=latest"
+    return f"/v2/models/{voice_model(voice)}/ready"
 
 
 def triton_args(models: list[str]) -> list[str]:
@@ -66,11 +69,10 @@ def render(params: dict) -> str:
         "        - name: tritonserver",
         "          args:",
         *[f"            - {json.dumps(a)}" for a in args],
-        "        - name: control",
         "          readinessProbe:",
         "            httpGet:",
         f"              path: {json.dumps(readiness_path(params['ready_voice']))}",
-        "              port: control",
+        "              port: http",
     ]
     return "\n".join(lines) + "\n"
 
