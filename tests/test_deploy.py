@@ -310,3 +310,24 @@ def test_dockerfile_installs_what_print_docker_installs():
         assert want.specifier.contains(version, prereleases=True), f"{name}=={version} is outside {want.specifier}"
         assert req.extras == want.extras, f"{name}: extras {req.extras} != {want.extras}"
     assert "onnxruntime" not in pins  # never both onnxruntime and onnxruntime-gpu
+
+
+def test_sidecar_and_gateway_args_parse(overlay):
+    """The control sidecar's and the gateways' arguments are ones `gsv-triton` accepts (a renamed
+    option would otherwise surface only as a crash-looping pod)."""
+    import argparse
+
+    from ops import control, gateway
+
+    objs = docs(render(overlay))
+    for obj_kind, name, cname, add in (("StatefulSet", "gsv-triton", "control", control.add_control_parser),
+                                       ("Deployment", "gsv-gateway", "gateway", gateway.add_gateway_parser)):
+        c = container(find(objs, obj_kind, name)["spec"]["template"]["spec"], cname)
+        assert c["command"][0] == "gsv-triton"
+        parser = argparse.ArgumentParser(prog="gsv-triton", exit_on_error=False)
+        add(parser.add_subparsers(dest="cmd"))
+        args = parser.parse_args([*c["command"][1:], *c["args"]])
+        assert args.cmd == c["command"][1]
+        assert args.host == "0.0.0.0"
+        secret_env = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert {"GSV_ADMIN_KEY", "GSV_CONTROL_TOKEN"} <= secret_env  # read from the environment, not argv
