@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from ops import cli, control, swap, sync
-from ops import server as srv
 from python_backend import history, layout
+from tests.redis_fixtures import redis_server
 
 VOICE = "sec"
 TOKEN = "t0ken-for-the-control-service-tests"
@@ -182,31 +182,8 @@ def test_non_loopback_bind_without_a_token_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not installed (Debian: apt-get install -y redis-server)")
-    import redis
-
-    folder = tmp_path_factory.mktemp("redis")
-    port = srv.free_ports(1)[0]
-    log = open(folder / "redis.log", "wb")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--requirepass", REDIS_PASSWORD, "--dir", str(folder)],
-                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=srv._die_with_parent)
-    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.RedisError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()}")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    with redis_server(tmp_path_factory.mktemp("redis"), REDIS_PASSWORD) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from ops import cli, swap
 from ops import server as srv
 from ops.client import synthesize
 from python_backend import history, layout
+from tests.redis_fixtures import redis_server
 from tests.triton_fixtures import free_ports, require_tritonserver, start_server
 from tests.voices import demo_voice, export_args, export_voice
 
@@ -41,31 +42,8 @@ FIXED = {"TOP_K": 1, "SEED": 7, "MAX_TOKENS": 8}
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not installed (Debian: apt-get install -y redis-server); replica tests need it")
-    import redis
-
-    folder = tmp_path_factory.mktemp("redis")
-    port = free_ports(1)[0]
-    log = open(folder / "redis.log", "wb")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder)], stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=srv._die_with_parent)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.RedisError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()}")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
