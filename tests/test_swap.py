@@ -1,9 +1,11 @@
 """Hot swap on real tritonservers kept in step through a real redis-server.
 
-One tiny random-weight voice; two replicas (each a tritonserver + a ``gsv-triton control``
-service) on one repository and one Redis, shared by the whole module, in this order:
-health -> publish v2 under load (SSE, replica 2 follows, metrics) -> a bad publish (v3) is
-refused -> rollback to v1 -> canary v4 at 0.5 and promote -> versions table -> a late replica.
+One tiny random-weight voice; three replicas (each a tritonserver + a ``gsv-triton control``
+service, with a ``gsv-triton gateway`` in front) on one repository and one Redis, shared by the
+whole module, in this order: health -> publish v2 through replica 1 under load (SSE, replicas 2
+and 3 follow, metrics; a client keeps calling the three gateways) -> a bad publish (v3) is
+refused -> rollback to v1 (all three follow, the client still calling) -> canary v4 at 0.5 and
+promote -> versions table -> a late replica.
 Requests cap the tokens per sentence (random GPTs rarely emit EOS).
 """
 from __future__ import annotations
@@ -103,12 +105,73 @@ def replicas(world, redis_url, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     started = []
     try:
-        for name in ("r1", "r2"):
+        for name in ("r1", "r2", "r3"):
             started.append(start_replica(world["repo"], redis_url, name, logs))
         yield started
     finally:
         for replica in started:
             replica.stop()
+
+
+@pytest.fixture(scope="module")
+def gateways(replicas, tmp_path_factory):
+    """A gateway in front of each replica (gateways are stateless: one per Triton here)."""
+    from tests.gateway_fixtures import Gateway
+
+    logs = tmp_path_factory.mktemp("gateways")
+    (logs / "refs").mkdir()
+    started = []
+    try:
+        for i, replica in enumerate(replicas):
+            started.append(Gateway(replica.grpc, logs / "refs", logs / f"gateway-{i}.log",
+                                   admin_key=replica.triton.admin_key))
+        yield started
+    finally:
+        for gateway in started:
+            gateway.stop()
+
+
+class ClusterClient:
+    """Calls the gateways in turn (api_v2 /tts) until stopped; every failure is recorded."""
+
+    def __init__(self, gateways):
+        from tests.gateway_fixtures import post
+
+        self.gateways, self.post = gateways, post
+        self.stop, self.failures, self.seen = threading.Event(), [], []
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        i = 0
+        while not self.stop.is_set():
+            gw = self.gateways[i % len(self.gateways)]
+            i += 1
+            try:
+                status, headers, body = self.post(gw.url + "/tts", {"text": TEXT, "text_lang": "zh", "voice": VOICE,
+                                                                   "top_k": 1, "seed": 7, "media_type": "raw"},
+                                                  timeout=120)
+                if status != 200:
+                    self.failures.append((gw.url, status, body[:200]))
+                else:
+                    self.seen.append((i % len(self.gateways), int(headers["X-Voice-Version"])))
+            except Exception as exc:  # noqa: BLE001 - every failure is a test failure
+                self.failures.append((gw.url, repr(exc)))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def wait_all(self, version: int, timeout: float = 120) -> None:
+        """Until a request through every gateway has been answered by ``version``."""
+        deadline = time.monotonic() + timeout
+        while {gw for gw, v in self.seen if v == version} != set(range(len(self.gateways))):
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                break
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(300)
 
 
 # ---- helpers ----
@@ -208,7 +271,7 @@ def test_health_endpoints(replicas):
     assert get(r1, f"/health?voice={VOICE}&version=abc")[0] == 400
 
 
-def test_publish_switches_new_requests_with_no_failed_request(world, replicas, redis_url, monkeypatch):
+def test_publish_switches_new_requests_with_no_failed_request(world, replicas, gateways, redis_url, monkeypatch):
     """The clients start once the export is done, so what runs under their load is the swap
     itself: load + validation in Triton, the switch, the release of v1. With the export too
     (torch and onnxruntime on a 2-core machine, even at background priority) the clients'
@@ -216,7 +279,7 @@ def test_publish_switches_new_requests_with_no_failed_request(world, replicas, r
     for its clients, which is why publish lowers its priority."""
     import export.voice_export as voice_export
 
-    r1, r2 = replicas
+    r1, r2, r3 = replicas
     sse = SSE(r1)
     stop, failures, seen = threading.Event(), [], []
     published_at = [float("inf")]
@@ -240,27 +303,33 @@ def test_publish_switches_new_requests_with_no_failed_request(world, replicas, r
         return target
 
     monkeypatch.setattr(voice_export, "export_voice", export_then_load)
-    try:
-        code = cli.main(["publish", *export_args(world["src"], world["repo"], VOICE), "--label", "second",
-                         "--url", r1.grpc, "--redis", redis_url])
-        published_at[0] = time.monotonic()
-        time.sleep(3)  # keep the load on after the swap
-    finally:
-        stop.set()
-        for w in workers:
-            w.result()
-        pool.shutdown()
+    with ClusterClient(gateways) as cluster:
+        try:
+            code = cli.main(["publish", *export_args(world["src"], world["repo"], VOICE), "--label", "second",
+                             "--url", r1.grpc, "--redis", redis_url])
+            published_at[0] = time.monotonic()
+            time.sleep(3)  # keep the load on after the swap
+        finally:
+            stop.set()
+            for w in workers:
+                w.result()
+            pool.shutdown()
+        wait_serving(r2, 2)  # the other replicas follow through Redis while the client keeps calling
+        wait_serving(r3, 2)
+        cluster.wait_all(2)
     assert code == 0
     assert failures == []
+    assert cluster.failures == [] and len(cluster.seen) >= 3, cluster.failures
+    assert {gw for gw, version in cluster.seen if version == 2} == {0, 1, 2}  # every gateway saw v2
     assert {v for _, v in seen} <= {1, 2} and 1 in {v for _, v in seen}
     after = [v for t, v in seen if t > published_at[0]]
     assert after and set(after) == {2}
     assert say(r1) == 2
     assert sse.wait_for("active", 2), sse.got
     sse.close()
-    wait_serving(r2, 2)  # replica 2 followed through Redis
-    code, body = get(r2, f"/health?voice={VOICE}&version=latest")
-    assert code == 200 and json.loads(body)["version"] == 2
+    for follower in (r2, r3):
+        code, body = get(follower, f"/health?voice={VOICE}&version=latest")
+        assert code == 200 and json.loads(body)["version"] == 2
     assert get(r1, f"/health?voice={VOICE}&version=1")[0] == 503  # released
     assert [e.version for e in events(world["repo"], "active")][-1] == 2
 
@@ -289,21 +358,26 @@ def test_bad_publish_is_refused_and_the_old_version_keeps_serving(world, replica
     assert swap.present_versions(repo, VOICE) == [1, 2]  # the bad version left the model folder
     assert 3 in swap.quarantined_versions(repo, VOICE)
     assert any(e.version == 3 and e.reason for e in events(repo, "failed") + events(repo, "quarantined"))
-    assert say(replicas[0]) == 2 and say(replicas[1]) == 2
+    assert [say(r) for r in replicas] == [2, 2, 2]
     text = get(replicas[0], "/metrics")[1]
     assert f'gsv_failed_validations_total{{voice="{VOICE}"}} 1.0' in text
 
 
-def test_rollback_serves_the_earlier_version(world, replicas, redis_url):
+def test_rollback_serves_the_earlier_version(world, replicas, gateways, redis_url):
     repo = world["repo"]
-    assert cli.main(["rollback", VOICE, "--to", "1", "--repo", str(repo), "--url", replicas[0].grpc,
-                     "--redis", redis_url, "--reason", "test"]) == 0
+    with ClusterClient(gateways) as cluster:
+        assert cli.main(["rollback", VOICE, "--to", "1", "--repo", str(repo), "--url", replicas[0].grpc,
+                         "--redis", redis_url, "--reason", "test"]) == 0
+        for follower in replicas[1:]:
+            wait_serving(follower, 1)
+        cluster.wait_all(1)
+    assert cluster.failures == [], cluster.failures
+    assert {gw for gw, version in cluster.seen if version == 1} == {0, 1, 2}  # every gateway saw v1
     assert say(replicas[0]) == 1
     assert swap.present_versions(repo, VOICE) == [1] and 2 in swap.retired_versions(repo, VOICE)
     rolled = events(repo, "rolled_back")
     assert rolled and rolled[-1].version == 2 and "test" in rolled[-1].reason
-    wait_serving(replicas[1], 1)
-    assert get(replicas[1], f"/health?voice={VOICE}&version=latest")[0] == 200
+    assert all(get(r, f"/health?voice={VOICE}&version=latest")[0] == 200 for r in replicas)
 
 
 def test_canary_splits_requests_and_promote_moves_all(world, replicas, redis_url):
@@ -347,7 +421,7 @@ def test_versions_table(world, capsys):
 
 
 def test_a_late_replica_serves_the_active_version(world, redis_url, tmp_path_factory):
-    late = start_replica(world["repo"], redis_url, "r3", tmp_path_factory.mktemp("late"))
+    late = start_replica(world["repo"], redis_url, "r4", tmp_path_factory.mktemp("late"))
     try:
         code, body = get(late, f"/health?voice={VOICE}&version=latest")
         assert code == 200 and json.loads(body)["version"] == 4
