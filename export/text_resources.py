@@ -27,18 +27,22 @@ G2PW_FILES = ("g2pW.onnx", "config.py", "POLYPHONIC_CHARS.txt", "MONOPHONIC_CHAR
 G2PW_OPTIONAL = ("version", "record.log")
 
 
-def _replace_dir(target: Path, fill) -> Path:
-    """Fill a fresh sibling folder, then swap it in for ``target`` (old copy removed after)."""
+def _replace_dir(repo: Path, target: Path, fill) -> Path:
+    """Fill a fresh sibling folder, then swap it in for ``target`` under the repository lock
+    (two exports installing at once take turns; the old copy is removed after)."""
+    from python_backend.repo_lock import repo_lock
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         fill(tmp)
         old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old.{uuid.uuid4().hex[:8]}"
-            target.rename(old)
-        tmp.rename(target)
+        with repo_lock(repo):
+            if target.exists():
+                old = target.parent / f".{target.name}.old.{uuid.uuid4().hex[:8]}"
+                target.rename(old)
+            tmp.rename(target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -85,7 +89,7 @@ def install_g2pw(repo: Path, source: Path, vocab: Path) -> Path:
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
 
-    return _replace_dir(layout.g2pw_dir(repo), fill)
+    return _replace_dir(repo, layout.g2pw_dir(repo), fill)
 
 
 def install_upstream_text(repo: Path, source: Path) -> Path:
@@ -98,4 +102,4 @@ def install_upstream_text(repo: Path, source: Path) -> Path:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / rel, tmp / rel)
 
-    return _replace_dir(layout.upstream_text_dir(repo), fill)
+    return _replace_dir(repo, layout.upstream_text_dir(repo), fill)

@@ -382,3 +382,43 @@ def test_publish_keeps_a_canary_policy_when_another_version_arrives(demo_repo, t
         shutil.rmtree(target)
     finally:
         config.write_text(original)
+
+
+# ---- text resources installed by concurrent exports ----
+
+def _install_text_many(repo: str, source: str, rounds: int, errors) -> None:
+    from export.text_resources import install_upstream_text
+
+    for _ in range(rounds):
+        try:
+            install_upstream_text(Path(repo), Path(source))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            errors.put(repr(exc))
+            return
+
+
+def test_concurrent_text_installs_take_turns(tmp_path):
+    """Exports given --upstream-text (or --g2pw) at once each swap the repository's copy in:
+    under the lock they take turns (without it one renamed the folder away under the other)."""
+    from python_backend.text import resources
+
+    source = tmp_path / "text"
+    rel = next(iter(resources.FILES.values()))
+    (source / rel).parent.mkdir(parents=True, exist_ok=True)
+    (source / rel).write_text("x\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    errors = SPAWN.Queue()
+    procs = [SPAWN.Process(target=_install_text_many, args=(str(repo), str(source), 30, errors)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert failures == []
+    assert (layout.upstream_text_dir(repo) / rel).read_text() == "x\n"
+    leftovers = [p.name for p in layout.upstream_text_dir(repo).parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
