@@ -23,6 +23,7 @@ from pathlib import Path
 
 from export.errors import InputError
 from python_backend import layout
+from python_backend.atomic_io import fsync_dir, write_atomic
 from python_backend.model_config import ModelSpec
 from python_backend.repo_lock import repo_lock
 
@@ -89,13 +90,6 @@ def clean_stale_staging(repo: Path, now: float | None = None, max_age_s: float =
     return removed
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
 
 class StagedVersion:
     """A version folder being written; ``publish`` moves it into the repository in one rename.
@@ -152,7 +146,7 @@ class StagedVersion:
                 raise InputError(f"{self.target} appeared while exporting; another export wrote this version")
             os.rename(self.path, self.target)
             self.published = True
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
             self.reservation.release()
         return self.target
 
@@ -164,14 +158,3 @@ def same_but_policy(a: str, b: str) -> bool:
     return config_without_policy(a) == config_without_policy(b)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,7 +8,6 @@ into the repository.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ from python_backend import golden as golden_mod
 from python_backend import history, layout
 from python_backend.audio import AudioError, load_reference, prompt_input
 from python_backend.gpt_runner import GPTRunner
-from python_backend.manifest import HASHED_FILES, GraphEntry, Reference, SourceFile, VoiceManifest, config_entry, file_entry
+from python_backend.manifest import (HASHED_FILES, GraphEntry, Reference, SourceFile, VoiceManifest, config_entry,
+                                     file_entry, sha256_file)
 from python_backend.model_config import voice_model_spec
 from python_backend.onnx_stage import OnnxStage
 from python_backend.speaker_verification import SV_EMB_DIM, SVEmbedder
@@ -91,13 +91,6 @@ class ReferenceData:
     sv_source: dict  # where sv_emb came from (manifest reference.sv_emb)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def check_pair(gpt: Checkpoint, sovits: Checkpoint) -> None:
     """A GPT and a SoVITS model must share the phone table to be one voice."""
@@ -150,7 +143,7 @@ def _speaker_embedding(opts: ExportOptions, shared, wav32k: np.ndarray) -> tuple
     reference exactly as the spectrogram sees it (upstream embeds that signal, resampled to 16 kHz)."""
     if opts.sv_emb is not None:
         sv = _read_sv_emb(Path(opts.sv_emb))
-        return sv, {"source": "file", "path": str(opts.sv_emb), "sha256": _sha256(Path(opts.sv_emb))}
+        return sv, {"source": "file", "path": str(opts.sv_emb), "sha256": sha256_file(Path(opts.sv_emb))}
     folder = shared.sv.parent
     sv = SVEmbedder(shared.sv, provider_list=["CPUExecutionProvider"]).embed(wav32k)
     source = json.loads((folder / SOURCE_FILE).read_text())
@@ -191,7 +184,7 @@ def _torch_golden(gpt: GPT, sovits, ref: ReferenceData) -> golden_mod.GoldenSamp
 
 
 def _graph_entries(folder: Path, reports: dict) -> dict[str, GraphEntry]:
-    return {name: GraphEntry(file=f"{name}.onnx", sha256=_sha256(folder / f"{name}.onnx"),
+    return {name: GraphEntry(file=f"{name}.onnx", sha256=sha256_file(folder / f"{name}.onnx"),
                              bytes=(folder / f"{name}.onnx").stat().st_size, optimization=reports.get(name, {}))
             for name in GRAPH_STAGES}
 

@@ -132,7 +132,7 @@ def quarantine(repo: Path, voice: str, version: int, reason: str) -> Path:
 
 def write_policy(repo: Path, voice: str, specific: tuple[int, ...] | None = None) -> None:
     """Rewrite the voice's config.pbtxt (atomically, only when it changes): latest{1} or specific."""
-    from export.repository import write_atomic
+    from python_backend.atomic_io import write_atomic
 
     spec = voice_model_spec(layout.voice_model(voice))
     spec.specific_versions = tuple(specific) if specific else None

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from python_backend.atomic_io import write_atomic
 from python_backend.repo_lock import repo_lock
 
 VOICE_PREFIX = "voice_"
@@ -242,19 +243,11 @@ def drop_stale_reservations(repo: Path, model: str, now: float | None = None) ->
             continue
         if host != host_id() and number > high:
             high = number
-            _write_small(root / f"{model}.high", f"{high}\n")
+            write_atomic(root / f"{model}.high", f"{high}\n")
         path.unlink(missing_ok=True)
         dropped.append(number)
     return dropped
 
-
-def _write_small(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{host_id()}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def reserve_version(repo: Path, model: str, version: int | None = None) -> Reservation:

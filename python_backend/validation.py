@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import hashlib
 import logging
 import os
 import zipfile
@@ -52,7 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from python_backend import golden, history, layout, sampling
-from python_backend.manifest import CONFIG_FILE, ManifestError, config_without_policy
+from python_backend.atomic_io import fsync_dir, write_atomic
+from python_backend.manifest import CONFIG_FILE, ManifestError, config_without_policy, sha256_file
 from python_backend.repo_lock import repo_lock
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,6 @@ def check_audio(wav: np.ndarray, sample_rate: int, n_tokens: int | None, *, spee
 # --------------------------------------------------------------------------- version
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def check_files(folder: Path, manifest) -> list[str]:
     """Graph files and the other hashed files (``model.py``, ``reference.npz``, ``golden.npz``)
@@ -190,7 +183,7 @@ def check_files(folder: Path, manifest) -> list[str]:
         path = Path(folder) / name
         if not path.is_file():
             problems.append(f"{name} missing")
-        elif (size is not None and path.stat().st_size != size) or _sha256(path) != digest:
+        elif (size is not None and path.stat().st_size != size) or sha256_file(path) != digest:
             problems.append(f"{name} differs from the manifest (sha256/size): corrupted or replaced")
     for name in ("reference.npz", manifest.golden_file, "model.py"):
         if name not in (manifest.files or {}) and not (Path(folder) / name).is_file():
@@ -332,26 +325,6 @@ def _utc_stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _history(repo: Path, event) -> None:
@@ -374,8 +347,8 @@ def _park(version_dir: Path, root: Path) -> Path:
         target = root / f"{model_dir.name}.{version}.{_utc_stamp()}-{n}"
         n += 1
     os.rename(version_dir, target)
-    _fsync_dir(model_dir)
-    _fsync_dir(root)
+    fsync_dir(model_dir)
+    fsync_dir(root)
     return target
 
 
@@ -396,7 +369,7 @@ def quarantine(version_dir: Path, reason: str) -> Path:
     root = layout.quarantine_root(repo)
     _history(repo, history.Event(voice, version, "failed", reason=reason))
     try:
-        _write_atomic(version_dir / REASON_FILE, f"{reason}\n")
+        write_atomic(version_dir / REASON_FILE, f"{reason}\n")
     except OSError as exc:  # read-only or full: the reason is still in the history; move anyway
         log.warning("[validation] cannot write %s: %s", version_dir / REASON_FILE, exc)
     with contextlib.ExitStack() as held:

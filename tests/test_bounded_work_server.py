@@ -12,7 +12,6 @@ import os
 import queue
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ops.client import _inputs, stream, synthesize
-from tests.triton_fixtures import require_tritonserver, start_server
+from tests.triton_fixtures import metric, require_tritonserver, start_server, wait_until
 from tests.voices import demo_voice, export_voice
 
 pytestmark = pytest.mark.integration
@@ -47,21 +46,6 @@ def server(tmp_path_factory):
     proc.stop()
 
 
-def _metric(server, name: str, **labels) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
-
-
-def _wait(predicate, timeout: float = 60) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
 
 def _tts(server, text: str, timeout: float = 120, **params):
     """One ``tts`` call over gRPC; Triton's own exception (status and message) on failure."""
@@ -73,7 +57,7 @@ def _tts(server, text: str, timeout: float = 120, **params):
 
 
 def _in_flight(server) -> float:
-    return _metric(server, "gsv_voice_in_flight", model="voice_alpha")
+    return metric(server, "gsv_voice_in_flight", model="voice_alpha")
 
 
 def test_flood_through_tts_is_refused_and_the_server_keeps_serving(server):
@@ -108,7 +92,7 @@ def test_calling_the_voice_model_directly_is_bounded_too(server):
         client.close()
     assert result is None and error is not None
     assert "1500 sentences; the limit is 6 per request" in str(error), error
-    assert _wait(lambda: _in_flight(server) == 0, 10)
+    assert wait_until(lambda: _in_flight(server) == 0, 10)
 
 
 def test_a_normal_request_meets_its_deadline_beside_long_ones_and_a_full_voice_says_unavailable(server):
@@ -129,7 +113,7 @@ def test_a_normal_request_meets_its_deadline_beside_long_ones_and_a_full_voice_s
 
     first = threading.Thread(target=long_request)
     first.start()
-    assert _wait(lambda: _in_flight(server) >= 1, 60), "the long request never started"
+    assert wait_until(lambda: _in_flight(server) >= 1, 60), "the long request never started"
     with pytest.raises(InferenceServerException) as busy:
         _tts(server, LONG, SEED=4)
     assert busy.value.status() == "StatusCode.UNAVAILABLE" and "the voice is busy" in str(busy.value), busy.value
@@ -157,14 +141,14 @@ def test_non_streaming_request_is_cancelled_when_its_client_times_out(server):
     the tts stub's IPC lock (Triton 2.51, see ``triton_common.STUB_IPC`` and issue 14), so the
     cancellation takes effect from the end of the first sentence (each bounded by its token
     budget); hence the short first sentence here."""
-    before = _metric(server, "gsv_voice_requests_total", reason="cancelled")
+    before = metric(server, "gsv_voice_requests_total", reason="cancelled")
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         with pytest.raises(InferenceServerException, match="Deadline"):
             client.infer("tts", _inputs(grpcclient, CANCEL_TEXT, "alpha", None, {"SEED": 9}), client_timeout=2)
     finally:
         client.close()
-    assert _wait(lambda: _metric(server, "gsv_voice_requests_total", reason="cancelled") > before, 60), \
+    assert wait_until(lambda: metric(server, "gsv_voice_requests_total", reason="cancelled") > before, 60), \
         "the voice never dropped the abandoned request"
-    assert _wait(lambda: _in_flight(server) == 0, 30)
+    assert wait_until(lambda: _in_flight(server) == 0, 30)
     assert synthesize("你好。", "alpha", server.grpc_url, MAX_TOKENS=20, SEED=5).audio.size > 0

@@ -21,7 +21,7 @@ import pytest
 from onnx import numpy_helper
 
 from python_backend import history, layout, validation
-from python_backend.manifest import MANIFEST_FILE
+from python_backend.manifest import MANIFEST_FILE, sha256_file
 from tests.triton_fixtures import AdminClient, require_tritonserver, start_server
 from tests.voices import demo_voice, export_voice
 
@@ -292,7 +292,7 @@ def _rehash(folder: Path) -> None:
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     for entry in manifest["graphs"].values():
         p = folder / entry["file"]
-        entry["sha256"], entry["bytes"] = validation._sha256(p), p.stat().st_size
+        entry["sha256"], entry["bytes"] = sha256_file(p), p.stat().st_size
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 

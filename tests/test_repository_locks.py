@@ -20,7 +20,7 @@ import pytest
 
 from export import repository
 from python_backend import layout, validation
-from python_backend.manifest import VoiceManifest, config_without_policy
+from python_backend.manifest import VoiceManifest, config_without_policy, sha256_file
 from python_backend.model_config import voice_model_spec
 from python_backend.repo_lock import RepoLockError, held, repo_lock
 from python_backend.routing import Route, RoutingError, read_table, set_route
@@ -323,7 +323,7 @@ def test_manifest_hashes_model_py_and_the_exported_config(demo_repo):
     folder = layout.voice_dir(demo_repo, "demo") / "1"
     manifest = VoiceManifest.read(folder)
     assert set(manifest.files) == {"model.py", "reference.npz", "golden.npz"}
-    assert manifest.files["model.py"]["sha256"] == validation._sha256(folder / "model.py")
+    assert manifest.files["model.py"]["sha256"] == sha256_file(folder / "model.py")
     import hashlib
 
     config = (folder.parent / "config.pbtxt").read_text()

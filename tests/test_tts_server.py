@@ -18,7 +18,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from ops.client import ClientError, stream, synthesize
-from tests.triton_fixtures import require_tritonserver, start_server
+from tests.triton_fixtures import metric, require_tritonserver, start_server
 from tests.voices import demo_voice, export_voice
 
 pytestmark = pytest.mark.integration
@@ -192,19 +192,10 @@ def test_invalid_utf8_is_invalid_arg(server):
     assert healthy(server)
 
 
-def _metric(server, name: str, **labels) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
 
 def test_dropped_stream_frees_its_decode_slot(server):
     text = "。".join(["今天天气很好我们一起去公园散步然后回家吃饭"] * 12) + "。"
-    before = _metric(server, "gsv_voice_requests_total", reason="cancelled")
+    before = metric(server, "gsv_voice_requests_total", reason="cancelled")
     chunks: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(server.grpc_url)
     client.start_stream(callback=lambda result, error: chunks.put((result, error)))
@@ -216,11 +207,11 @@ def test_dropped_stream_frees_its_decode_slot(server):
     client.stop_stream(cancel_requests=True)
     client.close()
     deadline = time.time() + 60
-    while time.time() < deadline and _metric(server, "gsv_voice_requests_total", reason="cancelled") <= before:
+    while time.time() < deadline and metric(server, "gsv_voice_requests_total", reason="cancelled") <= before:
         time.sleep(0.2)
-    assert _metric(server, "gsv_voice_requests_total", reason="cancelled") > before
+    assert metric(server, "gsv_voice_requests_total", reason="cancelled") > before
     deadline = time.time() + 60
-    while time.time() < deadline and _metric(server, "gsv_voice_in_flight", model="voice_alpha") > 0:
+    while time.time() < deadline and metric(server, "gsv_voice_in_flight", model="voice_alpha") > 0:
         time.sleep(0.2)
-    assert _metric(server, "gsv_voice_in_flight", model="voice_alpha") == 0
+    assert metric(server, "gsv_voice_in_flight", model="voice_alpha") == 0
     assert synthesize(TEXT, "alpha", server.grpc_url, **FIXED).audio.size > 0

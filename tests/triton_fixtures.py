@@ -75,6 +75,24 @@ class AdminClient:
         return getattr(self._client, name)
 
 
+def metric(server: TritonProcess, name: str, **labels) -> float:
+    """The sum of a metric's samples on the server's metrics port whose labels include ``labels``."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def wait_until(predicate, timeout: float = 60, every: float = 0.2) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
 def wait_model_ready(url: str, name: str, version: str = "", timeout: float = 120) -> None:
     """Poll ``/v2/models/NAME[/versions/V]/ready`` on the HTTP endpoint ``host:port``."""
     path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
