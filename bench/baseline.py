@@ -6,6 +6,7 @@ step loop with the numpy sampler (``python_backend.sampling``), then
 stops at the token budget, the same budget the Triton side gets (``MAX_TOKENS``).
 
 Run in its own process (``python -m bench.baseline SPEC.json OUT.json``) so its peak RSS is its own.
+``measure`` starts that process from the benchmark and summarises its rows.
 The text front end is the server's (phones); BERT features are zeros (the baseline does not
 run BERT, which the Triton side does for Chinese: that favours the baseline).
 """
@@ -13,11 +14,15 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.common import LOAD_TEXT, ROOT, TEXTS, TOP_K, log
 
 
 def run(spec: dict) -> dict:
@@ -90,6 +95,49 @@ def run(spec: dict) -> dict:
     rusage = resource.getrusage(resource.RUSAGE_SELF)
     return {"load_s": load_s, "rows": rows, "peak_rss_mb": rusage.ru_maxrss / 1024, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
+
+
+def measure(prep: dict, out: Path, tokens: int, repeats: int) -> dict:
+    """Run the baseline in its own process (``python -m bench.baseline``) and summarise its rows."""
+    from python_backend import layout
+
+    vdir = layout.voice_dir(prep["repo"], "demo")
+    version_dir = vdir / str(layout.version_numbers(vdir)[-1])
+    spec = {"gpt": str(prep["demo"] / "gpt.ckpt"), "sovits": str(prep["demo"] / "sovits.pth"),
+            "version_dir": str(version_dir), "texts": list(TEXTS.values()), "tokens": tokens, "top_k": TOP_K,
+            "repeats": repeats}
+    spec_path, res_path = out / "baseline_spec.json", out / "baseline_raw.json"
+    spec_path.write_text(json.dumps(spec, ensure_ascii=False))
+    log("baseline: eager torch, batch 1, one request at a time")
+    subprocess.run([sys.executable, "-m", "bench.baseline", str(spec_path), str(res_path)], cwd=ROOT, check=True)
+    raw = json.loads(res_path.read_text())
+    spec_path.unlink()
+    res_path.unlink()
+    rows = raw["rows"]
+    compute, audio = sum(r["compute_s"] for r in rows), sum(r["audio_s"] for r in rows)
+    per_text = {}
+    for name, text in TEXTS.items():
+        rs = [r for r in rows if r["text"] == text]
+        per_text[name] = {"rtf": statistics.median(r["rtf"] for r in rs), "audio_s": rs[0]["audio_s"],
+                          "tokens": rs[0]["tokens"], "latency_s": statistics.median(r["compute_s"] for r in rs)}
+    load = [r for r in rows if r["text"] == LOAD_TEXT]
+    service = statistics.median(r["compute_s"] for r in load)
+    load_audio = load[0]["audio_s"]
+    return {
+        "single_stream_rtf": compute / audio,
+        "gpt_tokens_per_s": sum(r["tokens"] for r in rows) / sum(r["gpt_s"] for r in rows),
+        "gpt_step_ms_b1": 1000 * sum(r["gpt_s"] - r["prefill_s"] for r in rows) / sum(r["tokens"] - 1 for r in rows),
+        "sovits_vocoder_rtf": sum(r["sovits_s"] for r in rows) / audio,
+        "sovits_vocoder_ms_per_10s": 1000 * 10 * sum(r["sovits_s"] for r in rows) / audio,
+        "first_chunk_s": service,  # upstream v2 inference returns the whole utterance: first audio = latency
+        "throughput": load_audio / service,  # one request at a time: the same at every concurrency
+        "service_s": service,
+        "peak_rss_mb": raw["peak_rss_mb"],
+        "torch": raw["torch"], "torch_threads": raw["torch_threads"],
+        "per_text": per_text,
+        "note": "serial server: throughput is the same at every concurrency; latency at concurrency c "
+                "is c x the single-request time (closed loop, FIFO)",
+    }
 
 
 def main(argv=None) -> int:

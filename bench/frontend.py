@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure()
     print(json.dumps(result, ensure_ascii=False, indent=1))
     if args.out:
-        from bench.run import machine
+        from bench.processes import machine
 
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"machine": machine(), "command": "python -m bench.frontend " + " ".join(argv or []),

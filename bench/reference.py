@@ -42,27 +42,29 @@ def measure(url: str, voice: str, demo: Path, ref_text: str, tokens: int = 25, r
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.reference [--size full|tiny] [--out FILE]``: the figures on the demo voice
-    (built and exported like ``bench.run`` does, cached), with its own tritonserver."""
+    (built and exported by ``bench.prepare``, cached), with its own tritonserver."""
     import argparse
     import json
     import os
 
-    from bench import run
+    from bench.common import HERE, REF_TEXT
+    from bench.prepare import prepare
+    from bench.processes import machine
     from ops.server import TritonProcess, free_ports
 
     p = argparse.ArgumentParser(description="cost of a reference clip sent with the request")
     p.add_argument("--size", choices=["full", "tiny"], default="full")
-    p.add_argument("--out", type=Path, default=run.HERE / "results" / "reference.json")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "reference.json")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    cache = run.HERE / ".cache" / args.size
-    prep = run.prepare(cache, args.size, int8=False)
+    cache = HERE / ".cache" / args.size
+    prep = prepare(cache, args.size, int8=False)
     os.environ["GSV_BENCH_IGNORE_EOS"] = "1"   # every request runs to its token budget: equal work
     http, grpc, metrics = free_ports(3)
     with TritonProcess(prep["repo"], http, grpc, metrics, log_path=cache / "reference-bench.log") as server:
         server.wait_ready(900)
-        result = measure(server.grpc_url, prep["voices"]["fp32"], prep["demo"], run.REF_TEXT, repeats=args.repeats)
-    out = {"machine": run.machine(), "size": args.size, "command": "python -m bench.reference " +
+        result = measure(server.grpc_url, prep["voices"]["fp32"], prep["demo"], REF_TEXT, repeats=args.repeats)
+    out = {"machine": machine(), "size": args.size, "command": "python -m bench.reference " +
            " ".join(argv if argv is not None else []), "reference": result}
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))

@@ -1,4 +1,4 @@
-"""SMOKE TEST of the benchmark harness (bench/run.py): tiny voice, a handful of requests.
+"""SMOKE TEST of the benchmark harness (``python -m bench.run``, bench/): tiny voice, a handful of requests.
 
 It checks that ``python -m bench.run`` runs end to end (baseline, tritonserver, concurrency
 sweep, perf_analyzer, hot swap, profile) and writes its outputs with the documented keys.
