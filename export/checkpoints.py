@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import io
 import pickletools
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -755,3 +756,207 @@ def read_sovits(path: str | Path) -> Checkpoint:
         state = {k: v for k, v in weights.items() if not k.startswith("enc_q.")}
         return Checkpoint(path, "sovits", version, state, config, info, hashlib.sha256(data).hexdigest(),
                           head.decode("latin-1"))
+
+
+# ---------------------------------------------------------------- v4 (CFM + 48 kHz vocoder)
+#
+# A v4 voice is three files: the base ``s2Gv4.pth`` (a plain ``PK`` zip; upstream recognises the
+# official one only by the hash of its first bytes, so the version is worked out here from the
+# ``cfm.*`` keys plus ``config.model.version``), optionally a LoRA file (header ``04``, peft-named
+# A/B matrices for the DiT attention projections and full tensors for the other fine-tuned
+# modules) merged into the base here, and the vocoder's bare state dict. ``read_sovits`` above
+# stays the v2-family reader and keeps refusing these files.
+
+V4_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_PEFT_PREFIX = "cfm.base_model.model."
+_V4_LORA_KEY = re.compile(
+    r"^cfm\.base_model\.model\.(estimator\.transformer_blocks\.\d+\.attn\.(?:to_q|to_k|to_v|to_out\.0))"
+    r"\.lora_([AB])\.default\.weight$")
+_V4_TARGET_KEY = re.compile(r"^cfm\.estimator\.transformer_blocks\.\d+\.attn\.(?:to_q|to_k|to_v|to_out\.0)\.weight$")
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    """The LoRA file merged into a v4 base (kept for the manifest: which fine-tune this voice is)."""
+
+    path: Path
+    rank: int
+    sha256: str
+    merged_targets: int  # Linear weights that received B @ A
+    replaced: int  # full tensors taken from the LoRA file (non-cfm fine-tuned modules, buffers)
+
+
+@dataclass
+class V4Sovits:
+    """A v4 SoVITS model as the graphs carry it: the base's weights with any LoRA merged in
+    (merged DiT projections float32, everything else as stored). ``sha256`` is the base file's;
+    ``lora`` names the LoRA file, if any."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    config: dict
+    info: str
+    sha256: str
+    lora: LoraInfo | None = None
+    version: str = "v4"
+
+    def float_state(self) -> dict[str, torch.Tensor]:
+        return {k: (v.float() if v.is_floating_point() else v) for k, v in self.state_dict.items()}
+
+
+@dataclass
+class V4Vocoder:
+    """The v4 vocoder's bare state dict (upstream ``vocoder.pth``) and the file's sha256."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    sha256: str
+
+
+def _declared_version(config: dict) -> str | None:
+    model_cfg = config.get("model")
+    value = model_cfg.get("version") if isinstance(model_cfg, dict) else None
+    return str(value) if value is not None else (str(config["version"]) if "version" in config else None)
+
+
+def _read_v4_base(path: Path, version_hint: str | None) -> tuple[dict, dict, str, str]:
+    data = _read_file(path)
+    head = data[:2]
+    if head in (b"03", b"04"):
+        raise CheckpointError(
+            f"{path}: is a {UNSUPPORTED_HEADERS[head]} file, not a base model; pass it as the LoRA together with "
+            "its base s2Gv4.pth (a LoRA file holds only the fine-tuned part)")
+    if head in HEADER_VERSIONS:
+        raise CheckpointError(f"{path}: is a {HEADER_VERSIONS[head]} SoVITS file, not a v4 base (s2Gv4.pth)")
+    if head != b"PK":
+        raise CheckpointError(f"{path}: not a SoVITS checkpoint (starts with {head!r}, a v4 base is a PK zip)")
+    weights, config, info = _payload_parts(path, load_pickle_zip(path, data))
+    if "enc_p.text_embedding.weight" not in weights:
+        raise CheckpointError(f"{path}: no SoVITS weights (enc_p.text_embedding missing); is this a GPT .ckpt?")
+    if not any(k.startswith("cfm.") for k in weights):
+        raise CheckpointError(
+            f"{path}: is a v2-family SoVITS file (no cfm.* weights), not a v4 base; use the v4 base s2Gv4.pth")
+    declared = _declared_version(config)
+    if declared == "v3" or (declared != "v4" and version_hint == "v3"):
+        raise CheckpointError(f"{path}: GPT-SoVITS v3 SoVITS files are not supported (v4 only: 48 kHz vocoder)")
+    if declared != "v4" and version_hint != "v4":
+        raise CheckpointError(
+            f"{path}: has CFM weights but config.model.version is {declared!r}, so v3 and v4 cannot be told apart "
+            "(identical keys); say it is v4 explicitly (version_hint='v4') if it is")
+    return weights, config, info, hashlib.sha256(data).hexdigest()
+
+
+def _read_v4_lora(path: Path) -> tuple[dict, dict, str, int, str]:
+    data = _read_file(path)
+    head = data[:2]
+    if head == b"03":
+        raise CheckpointError(f"{path}: GPT-SoVITS v3 LoRA files are not supported (v4 only)")
+    if head != b"04":
+        raise CheckpointError(
+            f"{path}: not a v4 LoRA file (starts with {head!r}; upstream writes LoRA files with the header 04)")
+    obj = load_pickle_zip(path, b"PK" + data[2:])
+    weights, config, info = _payload_parts(path, obj)
+    rank = obj.get("lora_rank")
+    if type(rank) is not int or rank <= 0:
+        raise CheckpointError(f"{path}: lora_rank is {rank!r}; a v4 LoRA file stores a positive integer rank")
+    train = config.get("train")
+    declared = train.get("lora_rank") if isinstance(train, dict) else None
+    if declared is not None and str(declared) != str(rank):
+        raise CheckpointError(f"{path}: lora_rank {rank} disagrees with config.train.lora_rank {declared!r}")
+    if _declared_version(config) not in (None, "v4"):
+        raise CheckpointError(f"{path}: LoRA config says version {_declared_version(config)!r}; v4 expected")
+    return weights, config, info, rank, hashlib.sha256(data).hexdigest()
+
+
+def merge_v4_lora(base: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], rank: int,
+                  label: str) -> tuple[dict[str, torch.Tensor], int, int]:
+    """Upstream's LoRA load + ``merge_and_unload`` (alpha = rank, so the scale is 1): every targeted
+    DiT Linear gets ``W = W_base + B @ A`` in float32; every other tensor in the LoRA file replaces
+    the base's (peft names mapped back). Returns the merged state, #merged targets, #replaced."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    full: dict[str, torch.Tensor] = {}
+    for key, value in lora.items():
+        m = _V4_LORA_KEY.match(key)
+        if m:
+            pairs.setdefault(f"cfm.{m.group(1)}.weight", {})[m.group(2)] = value
+        elif ".lora_" in key:
+            raise CheckpointError(
+                f"{label}: LoRA key {key} targets another module; upstream v4 LoRA targets {list(V4_LORA_TARGETS)} "
+                "of the DiT attention (mismatched targets)")
+        elif key.startswith(_PEFT_PREFIX):
+            full["cfm." + key[len(_PEFT_PREFIX):].replace(".base_layer.", ".")] = value
+        else:
+            full[key] = value
+    targets = sorted(k for k in base if _V4_TARGET_KEY.match(k))
+    extra = sorted(set(pairs) - set(targets))
+    if extra:
+        raise CheckpointError(
+            f"{label}: LoRA targets {extra[:3]} which the base does not have (base DiT has "
+            f"{len(targets) // len(V4_LORA_TARGETS)} blocks): mismatched targets; is this LoRA for another base?")
+    missing = [k for k in targets if k not in pairs]
+    if missing:
+        raise CheckpointError(
+            f"{label}: LoRA has no A/B pair for {len(missing)} of {len(targets)} targets (first {missing[0]}): "
+            "mismatched targets")
+    merged = dict(base)
+    for key in targets:
+        pair = pairs[key]
+        if set(pair) != {"A", "B"}:
+            raise CheckpointError(f"{label}: LoRA for {key} has only lora_{''.join(pair)}; both A and B are needed")
+        a, b, w = pair["A"], pair["B"], base[key]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != rank or b.shape[1] != rank:
+            raise CheckpointError(
+                f"{label}: LoRA for {key} has A {list(a.shape)} and B {list(b.shape)}, not rank {rank} "
+                "(lora_rank in the file): mismatched rank")
+        if w.ndim != 2 or b.shape[0] != w.shape[0] or a.shape[1] != w.shape[1]:
+            raise CheckpointError(
+                f"{label}: LoRA for {key} (B {list(b.shape)} @ A {list(a.shape)}) does not fit the base weight "
+                f"{list(w.shape)}: mismatched targets; is this LoRA for another base size?")
+        merged[key] = w.float() + b.float() @ a.float()
+    for key, value in full.items():
+        if key not in base:
+            raise CheckpointError(f"{label}: LoRA file holds {key}, which the v4 base does not have")
+        if tuple(value.shape) != tuple(base[key].shape):
+            raise CheckpointError(
+                f"{label}: LoRA file's {key} is {list(value.shape)}, the base's {list(base[key].shape)}")
+        merged[key] = value
+    return merged, len(targets), len(full)
+
+
+def read_sovits_v4(base: str | Path, lora: str | Path | None = None, version_hint: str | None = None) -> V4Sovits:
+    """Read a v4 base (``s2Gv4.pth``) and merge an optional v4 LoRA file into it.
+
+    ``version_hint`` ("v4") vouches for a base whose config does not name its version."""
+    label = f"{base}" if lora is None else f"{lora} (base {base})"
+    with _as_checkpoint_errors(label):
+        base = Path(base)
+        weights, config, info, sha = _read_v4_base(base, version_hint)
+        state = {k: v for k, v in weights.items() if not k.startswith("enc_q.")}
+        if lora is None:
+            return V4Sovits(base, state, config, info, sha)
+        lora = Path(lora)
+        lweights, lconfig, linfo, rank, lsha = _read_v4_lora(lora)
+        merged, n_targets, n_full = merge_v4_lora(state, lweights, rank, str(lora))
+        return V4Sovits(base, merged, lconfig, linfo, sha, LoraInfo(lora, rank, lsha, n_targets, n_full))
+
+
+def read_vocoder_v4(path: str | Path, sovits: V4Sovits | None = None) -> V4Vocoder:
+    """Read the v4 vocoder's state dict (upstream ``vocoder.pth``: the Generator after
+    ``remove_weight_norm``) and check it fits the SoVITS model's mel size."""
+    with _as_checkpoint_errors(f"vocoder {path}"):
+        path = Path(path)
+        state, sha = read_state_dict(path, "vocoder")
+        for key in ("conv_pre.weight", "conv_post.weight", "ups.0.weight"):
+            if key not in state:
+                raise CheckpointError(
+                    f"vocoder {path}: no {key}; not a v4 vocoder state dict (upstream gsv-v4-pretrained/vocoder.pth)")
+        pre = state["conv_pre.weight"]
+        if pre.ndim != 3:
+            raise CheckpointError(f"vocoder {path}: conv_pre.weight is {list(pre.shape)}, expected [channels, mels, 7]")
+        if sovits is not None:
+            mel = sovits.state_dict.get("cfm.estimator.proj_out.weight")
+            if mel is not None and mel.shape[0] != pre.shape[1]:
+                raise CheckpointError(
+                    f"vocoder {path}: takes {pre.shape[1]} mel bins but the SoVITS model makes {mel.shape[0]} "
+                    "(wrong vocoder for this model)")
+        return V4Vocoder(path, state, sha)
