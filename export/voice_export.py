@@ -35,7 +35,9 @@ from python_backend.gpt_runner import GPTRunner
 from python_backend.manifest import (HASHED_FILES, GraphEntry, Reference, SourceFile, VoiceManifest, config_entry,
                                      file_entry, sha256_file)
 from python_backend.model_config import voice_model_spec
+from python_backend.atomic_io import write_atomic
 from python_backend.onnx_stage import OnnxStage
+from python_backend.providers import PLAN_FILE, ProviderError, ProviderPlan
 from python_backend.speaker_verification import SV_EMB_DIM, SVEmbedder
 from python_backend.spectrogram import reference_spectrogram
 from python_backend.validation import check_audio
@@ -66,6 +68,7 @@ class ExportOptions:
     upstream_text: Path | None = None
     precision: str = "fp32"
     int8_decode: bool = False
+    providers: str = ""  #: "STAGE=PROVIDER,..." (``python_backend.providers.ProviderPlan.parse``)
     progress: bool = True
 
     @classmethod
@@ -76,7 +79,7 @@ class ExportOptions:
             ref_lang=args.ref_lang, voice=args.voice, repo=args.repo, version=args.version, label=args.label,
             hubert=args.hubert, bert=args.bert, sv_emb=args.sv_emb, sv_model=args.sv_model, g2pw=args.g2pw,
             upstream_text=args.upstream_text, precision=args.precision, int8_decode=args.int8_decode,
-            progress=not args.no_progress)
+            providers=getattr(args, "providers", "") or "", progress=not args.no_progress)
 
 
 @dataclass
@@ -205,8 +208,24 @@ def _check_speaker_inputs(opts: ExportOptions, version: str) -> None:
                          f"{layout.SV_MODEL} yet: pass --sv-model {SV_HINT} (or --sv-emb FILE.npy)")
 
 
+def _provider_plan(opts: ExportOptions) -> ProviderPlan:
+    try:
+        return ProviderPlan.parse(opts.providers)
+    except ProviderError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _write_shared_plans(shared, plan: ProviderPlan) -> None:
+    """A shared model's choice goes beside its graph (``providers.json``), read at its next load;
+    shared models not named keep what they had."""
+    for stage, graph in (("bert", shared.bert), ("ssl", shared.ssl), ("sv", shared.sv)):
+        if graph is not None and plan.shared_part(stage):
+            write_atomic(graph.parent / PLAN_FILE, json.dumps(plan.shared_part(stage), indent=1) + "\n")
+
+
 def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
     layout.check_voice_name(opts.voice)
+    _provider_plan(opts)
     if opts.precision not in precision_mod.PRECISIONS:
         raise InputError(f"--precision {opts.precision!r}: choose one of {precision_mod.PRECISIONS}")
     if not Path(opts.repo).is_dir():
@@ -241,6 +260,8 @@ def export_voice(opts: ExportOptions) -> Path:
     if opts.g2pw is not None:
         text_resources.install_g2pw(opts.repo, opts.g2pw, shared.vocab)
     text_status = frontend.configure_from_repo(opts.repo)
+    plan = _provider_plan(opts)
+    _write_shared_plans(shared, plan)
     bar.update(1)
     bar.set_description("load torch models")
     gpt, sovits = GPT.from_checkpoint(gpt_ckpt), build_sovits(sovits_ckpt)
@@ -299,6 +320,7 @@ def export_voice(opts: ExportOptions) -> Path:
             text_frontend={k: text_status[k] for k in ("g2pw", "parity", "upstream_files")},
             files={name: file_entry(staged.path / name) for name in HASHED_FILES},
             config=config_entry(spec.render()),
+            providers=plan.voice_part(),
         )
         manifest.validate()
         manifest.write(staged.path)

@@ -9,6 +9,12 @@ code for SoVITS). When the stop comes from ``early_stop_num`` the token that cro
 limit is kept, so ``early_stop_num=20`` yields 21 tokens (as the kit's ``greedy_tokens``).
 When upstream stops because the argmax is EOS but the sampled token is not, that sampled
 token is kept too. ``last_stop_reason`` tells which rule ended the last ``generate``.
+
+Providers: each graph opens with its version folder's choice for its stage
+(``python_backend.providers``) unless the caller names one list for both. When the decode step
+runs on CUDA it runs with I/O binding and the KV cache stays on the device between steps
+(``KVCache.on_device``); ``io_binding=True`` takes that path on any provider (CPU ``OrtValue``
+buffers), which is how CPU tests check it gives the same tokens as the plain path.
 """
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from python_backend import providers as providers_mod
 from python_backend import sampling
-from python_backend.kv_cache import KVCache
+from python_backend.kv_cache import KVCache, append_graph
 
 MODEL_TYPE = "gpt-sovits-t2s"
 REQUIRED_METADATA = ("model_type", "n_layer", "n_head", "d_model", "vocab_size", "phone_vocab_size", "eos")
@@ -59,12 +66,25 @@ def _check_io(sess: ort.InferenceSession, path: str, io: tuple) -> None:
         raise GPTGraphError(f"{path}: inputs {sorted(ins)} / outputs {sorted(outs)}, expected {list(io[0])} / {list(io[1])}")
 
 
+def _resolutions(prefill_path: Path, step_path: Path, providers) -> tuple:
+    """None: CPU for both (the exporter's checks); ``onnx_stage.providers()``' list: each graph's
+    version choice; any other list: that list for both."""
+    from python_backend.onnx_stage import PerStage
+
+    if isinstance(providers, PerStage):
+        return providers_mod.resolve_graph(prefill_path), providers_mod.resolve_graph(step_path)
+    names = providers or ["CPUExecutionProvider"]
+    return tuple(providers_mod.Resolution(stage, "explicit", tuple((n, {}) for n in names))
+                 for stage in ("gpt_prefill", "gpt_step"))
+
+
 class GPTRunner:
     def __init__(self, prefill_path: str | Path, step_path: str | Path, providers=None,
-                 session_options: ort.SessionOptions | None = None):
-        providers = providers or ["CPUExecutionProvider"]
-        self.prefill_sess = ort.InferenceSession(str(prefill_path), session_options, providers=providers)
-        self.step_sess = ort.InferenceSession(str(step_path), session_options, providers=providers)
+                 session_options: ort.SessionOptions | None = None, io_binding: bool | None = None):
+        """``io_binding``: None: when the step runs on CUDA; True/False: always/never."""
+        self.prefill_resolution, self.step_resolution = _resolutions(Path(prefill_path), Path(step_path), providers)
+        self.prefill_sess = providers_mod.open_session(Path(prefill_path), session_options, self.prefill_resolution)
+        self.step_sess = providers_mod.open_session(Path(step_path), session_options, self.step_resolution)
         _check_io(self.prefill_sess, str(prefill_path), PREFILL_IO)
         meta_p = _metadata(self.prefill_sess, str(prefill_path))
         meta_s = _metadata(self.step_sess, str(step_path))
@@ -83,6 +103,14 @@ class GPTRunner:
         # exports before reference-free support could not reshape an empty prompt list
         self.empty_prompts = meta_p.get("empty_prompts") == "1"
         self.last_stop_reason: str | None = None
+        self.io_binding = self.step_resolution.io_binding if io_binding is None else bool(io_binding)
+        self.device = self.step_resolution.device
+        self._appender = None
+        if self.io_binding:
+            names, opts = self.step_resolution.ort_args()
+            keep = [(n, o) for n, o in zip(names, opts) if n != providers_mod.TRT]  # a scatter needs no engine
+            self._appender = ort.InferenceSession(append_graph(self.n_layer), session_options,
+                                                  providers=[n for n, _ in keep], provider_options=[o for _, o in keep])
 
     # ------------------------------------------------------------ graph calls
     def prefill(self, phones: np.ndarray, bert: np.ndarray, prompts: np.ndarray):
@@ -100,6 +128,8 @@ class GPTRunner:
 
     def step(self, token: np.ndarray, position: np.ndarray, cache: KVCache) -> np.ndarray:
         """token [B,1], position [B]; reads ``cache`` in place, appends the new keys, returns logits [B,V]."""
+        if self.io_binding:
+            return self._bound_step(token, position, cache)
         batch = cache.batch
         feeds = cache.feeds()
         feeds["token"] = np.asarray(token, dtype=np.int64).reshape(batch, 1)
@@ -107,6 +137,25 @@ class GPTRunner:
         logits, new_k, new_v = self.step_sess.run(list(STEP_OUTPUTS), feeds)
         cache.append(new_k, new_v)
         return logits
+
+    def _bound_step(self, token: np.ndarray, position: np.ndarray, cache: KVCache) -> np.ndarray:
+        """:meth:`step` with the cache's device buffers bound in place; new keys stay on the device."""
+        batch = cache.batch
+        bufs = cache.on_device(self.device)
+        io = self.step_sess.io_binding()
+        io.bind_cpu_input("token", np.ascontiguousarray(np.asarray(token, dtype=np.int64).reshape(batch, 1)))
+        io.bind_cpu_input("position", np.ascontiguousarray(np.asarray(position, dtype=np.int64).reshape(batch)))
+        io.bind_cpu_input("attn_mask", cache.mask)
+        for i in range(self.n_layer):
+            io.bind_ortvalue_input(f"past_k_{i}", bufs.k[i])
+            io.bind_ortvalue_input(f"past_v_{i}", bufs.v[i])
+        io.bind_output("logits", "cpu")
+        io.bind_output("new_k", self.device)
+        io.bind_output("new_v", self.device)
+        self.step_sess.run_with_iobinding(io)
+        logits, new_k, new_v = io.get_outputs()
+        cache.append_on_device(self._appender, new_k, new_v)
+        return logits.numpy()
 
     # ------------------------------------------------------------ decode loop
     def generate(self, phones, bert, prompts, top_k: int = 15, top_p: float = 1.0, temperature: float = 1.0,

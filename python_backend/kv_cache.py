@@ -10,17 +10,93 @@ always 1, so it is the graph's ``attn_mask`` as is.
 Capacity grows by ``spare`` columns when full: a step reads every column up to ``C``, so
 spare columns cost read bandwidth, and regrowing copies the cache, so few large regrowths
 cost copies; 32 keeps both small (one copy per 32 steps, at most 31 idle columns).
+
+Device residence (the CUDA decode step, ``GPTRunner`` with I/O binding): :meth:`on_device`
+uploads ``k``/``v`` once as onnxruntime ``OrtValue`` buffers of the same shape, and
+:meth:`append_on_device` writes each step's new keys into them in place with a small scatter
+graph (:func:`append_graph`) whose outputs are bound to its inputs, so only the mask (small,
+kept on the host) and the logits cross to and from the device per step. The host arrays are
+brought up to date only when the batch changes shape (merge, select, regrowth) or someone
+reads ``k``/``v``; the device copy is then dropped and uploaded again at the next step.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 SPARE = 32
+APPEND_OPSET = 17
+
+
+def append_graph(n_layer: int) -> bytes:
+    """``k_out_<i> = k_<i>`` with ``new_k[i]`` written at column ``col`` (ScatterElements, axis 2),
+    the same for ``v``: run with ``k_out_<i>`` bound to the buffer of ``k_<i>`` it updates in place."""
+    dims = ["batch", "heads", "capacity", "head_dim"]
+    new_dims = ["layers", "batch", "heads", 1, "head_dim"]
+    inputs = [helper.make_tensor_value_info("col", TensorProto.INT64, []),
+              helper.make_tensor_value_info("new_k", TensorProto.FLOAT, new_dims),
+              helper.make_tensor_value_info("new_v", TensorProto.FLOAT, new_dims)]
+    outputs, nodes, inits = [], [], []
+    for i in range(n_layer):
+        inits.append(helper.make_tensor(f"layer_{i}", TensorProto.INT64, [], [i]))
+        for kv in "kv":
+            inputs.append(helper.make_tensor_value_info(f"{kv}_{i}", TensorProto.FLOAT, dims))
+            outputs.append(helper.make_tensor_value_info(f"{kv}_out_{i}", TensorProto.FLOAT, dims))
+            nodes += [helper.make_node("Gather", [f"new_{kv}", f"layer_{i}"], [f"upd_{kv}_{i}"], axis=0),
+                      helper.make_node("Shape", [f"upd_{kv}_{i}"], [f"shape_{kv}_{i}"]),
+                      helper.make_node("Expand", ["col", f"shape_{kv}_{i}"], [f"idx_{kv}_{i}"]),
+                      helper.make_node("ScatterElements", [f"{kv}_{i}", f"idx_{kv}_{i}", f"upd_{kv}_{i}"],
+                                       [f"{kv}_out_{i}"], axis=2)]
+    model = helper.make_model(helper.make_graph(nodes, "kv_append", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", APPEND_OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@dataclass
+class DeviceBuffers:
+    """One ``OrtValue`` per layer for keys and values, on ``device`` (``cuda`` or ``cpu``)."""
+
+    device: str
+    k: list
+    v: list
+
+    @classmethod
+    def upload(cls, k: np.ndarray, v: np.ndarray, device: str) -> "DeviceBuffers":
+        def put(a):
+            return ort.OrtValue.ortvalue_from_numpy(np.array(a, copy=True), device, 0)
+        return cls(device, [put(k[i]) for i in range(k.shape[0])], [put(v[i]) for i in range(v.shape[0])])
 
 
 class KVCache:
     def __init__(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray, length: int, spare: int = SPARE):
-        self.k, self.v, self.mask, self.length, self.spare = k, v, mask, length, spare
+        self._k, self._v, self.mask, self.length, self.spare = k, v, mask, length, spare
+        self._device: DeviceBuffers | None = None
+        self._host_stale = False  # the device buffers hold keys the host arrays do not
+
+    # ------------------------------------------------------------ host arrays (synced from the device on read)
+    @property
+    def k(self) -> np.ndarray:
+        self.sync_host()
+        return self._k
+
+    @k.setter
+    def k(self, value: np.ndarray) -> None:
+        self._k = value
+
+    @property
+    def v(self) -> np.ndarray:
+        self.sync_host()
+        return self._v
+
+    @v.setter
+    def v(self, value: np.ndarray) -> None:
+        self._v = value
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -51,6 +127,7 @@ class KVCache:
         out = cls.empty(n_layer, sum(p.batch for p in parts), n_head, head_dim, length, first.spare)
         row = 0
         for p in parts:
+            p.drop_device()
             rows, shift = slice(row, row + p.batch), length - p.length
             out.k[:, rows, :, shift:length] = p.k[:, :, :, : p.length]
             out.v[:, rows, :, shift:length] = p.v[:, :, :, : p.length]
@@ -61,11 +138,16 @@ class KVCache:
     # ------------------------------------------------------------ properties
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self._k.shape[1]
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self._k.shape[3]
+
+    @property
+    def device(self) -> str | None:
+        """Where the current buffers live besides the host (None: host only)."""
+        return None if self._device is None else self._device.device
 
     def feeds(self) -> dict[str, np.ndarray]:
         """The step graph's cache inputs: ``attn_mask`` and one ``past_k_<i>``/``past_v_<i>`` per layer."""
@@ -84,6 +166,7 @@ class KVCache:
     # ------------------------------------------------------------ updates
     def append(self, new_k: np.ndarray, new_v: np.ndarray) -> None:
         """Write the step graph's ``new_k``/``new_v`` ``[L, B, H, 1, hd]`` at column ``length``."""
+        self.drop_device()
         if self.length == self.capacity:
             self._regrow(0)
         col = self.length
@@ -94,12 +177,55 @@ class KVCache:
 
     def select(self, rows: list[int]) -> None:
         """Keep ``rows`` (in that order) and drop leading columns that are padding for all of them."""
+        self.drop_device()
         mask = self.mask[rows, : self.length]
         valid = mask.any(axis=0)
         first = int(np.argmax(valid)) if valid.any() else self.length
         self.k, self.v = self.k[:, rows], self.v[:, rows]
         self.mask = self.mask[rows]
         self._regrow(first)
+
+    # ------------------------------------------------------------ device residence
+    def on_device(self, device: str) -> DeviceBuffers:
+        """The per-layer device buffers, uploaded from the host arrays if not there yet."""
+        if self._device is not None and self._device.device != device:
+            self.drop_device()
+        if self._device is None:
+            self._device = DeviceBuffers.upload(self._k, self._v, device)
+        return self._device
+
+    def append_on_device(self, appender: ort.InferenceSession, new_k: ort.OrtValue, new_v: ort.OrtValue) -> None:
+        """:meth:`append` for a cache on the device: ``new_k``/``new_v`` are the step's bound outputs.
+        A full cache regrows on the host first, exactly where :meth:`append` would."""
+        if self.length == self.capacity:
+            self.append(new_k.numpy(), new_v.numpy())
+            return
+        bufs = self._device
+        io = appender.io_binding()
+        io.bind_cpu_input("col", np.array(self.length, np.int64))
+        io.bind_ortvalue_input("new_k", new_k)
+        io.bind_ortvalue_input("new_v", new_v)
+        for i in range(len(bufs.k)):
+            for kv, buf in (("k", bufs.k[i]), ("v", bufs.v[i])):
+                io.bind_ortvalue_input(f"{kv}_{i}", buf)
+                io.bind_ortvalue_output(f"{kv}_out_{i}", buf)
+        appender.run_with_iobinding(io)
+        self.mask[:, self.length] = 1.0
+        self.length += 1
+        self._host_stale = True
+
+    def sync_host(self) -> None:
+        """Copy the device buffers' keys back into the host arrays if they are newer."""
+        if self._host_stale and self._device is not None:
+            for i in range(len(self._device.k)):
+                self._k[i] = self._device.k[i].numpy()
+                self._v[i] = self._device.v[i].numpy()
+        self._host_stale = False
+
+    def drop_device(self) -> None:
+        """Back to host only (before the batch changes shape)."""
+        self.sync_host()
+        self._device = None
 
     def _regrow(self, first: int) -> None:
         """Copy columns ``[first, length)`` into fresh buffers with ``spare`` free columns."""

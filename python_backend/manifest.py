@@ -149,6 +149,10 @@ class VoiceManifest:
     files: dict = field(default_factory=dict)
     #: the voice's config.pbtxt as exported (``config_entry``): hashes with and without the policy
     config: dict = field(default_factory=dict)
+    #: execution provider per voice stage (``python_backend.providers``: gpt_prefill, gpt_step,
+    #: sovits, vocoder -> auto|cpu|cuda|tensorrt|tensorrt_fp32); a stage left out, and every version
+    #: exported before this field existed, asks for auto (CUDA where available, else CPU)
+    providers: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:
@@ -161,6 +165,15 @@ class VoiceManifest:
         for stage in ("gpt_prefill", "gpt_step", "sovits", "vocoder"):
             if stage not in self.graphs:
                 raise ManifestError(f"manifest has no graph for stage {stage!r}")
+        from python_backend.providers import VOICE_STAGES, ProviderError, ProviderPlan
+
+        try:
+            plan = ProviderPlan.from_dict(self.providers)
+        except ProviderError as exc:
+            raise ManifestError(f"manifest providers: {exc}") from None
+        if set(plan.stages) - set(VOICE_STAGES):
+            raise ManifestError(f"manifest providers name {sorted(set(plan.stages) - set(VOICE_STAGES))}; "
+                                f"a voice's stages are {', '.join(VOICE_STAGES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from python_backend import providers as providers_mod
+
 
 class StageError(RuntimeError):
     """A graph is missing, of the wrong kind, or lacks the inputs/outputs the server binds."""
@@ -20,21 +22,36 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     return opts
 
 
+class PerStage(list):
+    """The list :func:`providers` hands out. A stage given it (or nothing) opens with its own
+    version's choice (``python_backend.providers``) instead of one list for every stage."""
+
+
 def providers() -> list[str]:
-    """CUDA when this onnxruntime build has it (GPU hosts), else CPU."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    """CUDA when this onnxruntime build has it (GPU hosts), else CPU; marked :class:`PerStage`, so
+    a stage opened with it follows its version's per-stage choice."""
+    available = providers_mod.available()
+    return PerStage(p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available)
 
 
 class OnnxStage:
     def __init__(self, path: str | Path, model_type: str | None = None, inputs: tuple[str, ...] = (),
                  outputs: tuple[str, ...] = (), options: ort.SessionOptions | None = None, provider_list=None):
+        """``provider_list``: None or :func:`providers`' list: the version folder's choice for this
+        graph's stage (``self.resolution``); any other list: exactly those providers."""
         self.path = Path(path)
         if not self.path.is_file():
             raise StageError(f"{self.path}: graph file missing")
         try:
-            self.session = ort.InferenceSession(str(self.path), options or session_options(),
-                                                providers=provider_list or providers())
+            if provider_list is None or isinstance(provider_list, PerStage):
+                self.resolution = providers_mod.resolve_graph(self.path)
+            else:
+                self.resolution = providers_mod.Resolution(
+                    providers_mod.GRAPH_STAGE.get(self.path.name, self.path.stem), "explicit",
+                    tuple((name, {}) for name in provider_list))
+            self.session = providers_mod.open_session(self.path, options or session_options(), self.resolution)
+        except providers_mod.ProviderError as exc:
+            raise StageError(str(exc)) from None
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
             raise StageError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
