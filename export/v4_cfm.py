@@ -232,8 +232,9 @@ class AdaLayerNormZero(nn.Module):
         return torch.chunk(self.linear(F.silu(emb)), self.chunks, dim=1)
 
 
-def _norm(x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), eps=1e-6)
+def _norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """LayerNorm without affine over the last axis (``dim`` static so the export keeps it an op)."""
+    return F.layer_norm(x, (dim,), eps=1e-6)
 
 
 class FeedForward(nn.Module):
@@ -249,15 +250,16 @@ class FeedForward(nn.Module):
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ff_inner: int):
         super().__init__()
+        self.dim = dim
         self.attn_norm = AdaLayerNormZero(dim, 6)
         self.attn = Attention(dim, heads)
         self.ff = FeedForward(dim, ff_inner)
 
     def forward(self, x, t_emb, mask, rope):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(t_emb)
-        h = _norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        h = _norm(x, self.dim) * (1 + scale_msa[:, None]) + shift_msa[:, None]
         x = x + gate_msa[:, None] * self.attn(h, mask, rope)
-        h = _norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        h = _norm(x, self.dim) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         return x + gate_mlp[:, None] * self.ff(h)
 
 
@@ -288,7 +290,7 @@ class DiT(nn.Module):
         for block in self.transformer_blocks:
             h = block(h, t_emb, mask, rope)
         scale, shift = self.norm_out(t_emb)
-        h = _norm(h) * (1 + scale)[:, None] + shift[:, None]
+        h = _norm(h, self.cfg.dim) * (1 + scale)[:, None] + shift[:, None]
         return self.proj_out(h)
 
 
