@@ -49,7 +49,7 @@ def get_args(argv=None) -> argparse.Namespace:
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--size", choices=["full", "tiny"], default="full")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--sovits-version", choices=["v2", "v2Pro", "v2ProPlus"], default="v2")
+    demo.add_argument("--sovits-version", choices=["v2", "v2Pro", "v2ProPlus", "v4"], default="v2")
 
     _add_export_args(sub.add_parser("export", help="export a voice version into a model repository"))
 
@@ -59,7 +59,6 @@ def get_args(argv=None) -> argparse.Namespace:
     from ops.client import add_say_parser
     from ops.control import add_control_parser
     from ops.gateway import add_gateway_parser
-    from ops.perf import add_perf_parser
     from ops.server import add_serve_parser
     from ops.swap import add_swap_parsers
 
@@ -68,7 +67,6 @@ def get_args(argv=None) -> argparse.Namespace:
     add_swap_parsers(sub, _add_export_args)  # publish, rollback, canary, promote, versions
     add_control_parser(sub)
     add_gateway_parser(sub)
-    add_perf_parser(sub)
     quick = sub.add_parser("quickstart", help="demo voice -> export -> serve -> a WAV through tritonclient, in one go")
     quick.add_argument("--dir", type=Path, default=Path("quickstart"), help="working folder (demo files, repository, WAV)")
     quick.add_argument("--size", choices=["full", "tiny"], default="full")
@@ -82,7 +80,14 @@ def cmd_demo_voice(args) -> int:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     demo.write_gpt(out / DEMO_FILES["gpt"], args.size, args.seed)
-    demo.write_sovits(out / DEMO_FILES["sovits"], args.sovits_version, args.size, args.seed)
+    v4_extra = ""
+    if args.sovits_version == "v4":  # a base s2Gv4.pth, a LoRA on it (the voice's --sovits) and the vocoder
+        from export.demo_v4 import write_demo_v4
+
+        v4 = write_demo_v4(out, args.size, args.seed, lora_name=DEMO_FILES["sovits"])
+        v4_extra = f" --sovits-base {v4.base} --vocoder {v4.vocoder}"
+    else:
+        demo.write_sovits(out / DEMO_FILES["sovits"], args.sovits_version, args.size, args.seed)
     demo.write_reference(out / DEMO_FILES["ref"], args.seed)
     (out / DEMO_FILES["text"]).write_text(demo.DEMO_TEXT + "\n", encoding="utf-8")
     ssl_dir, bert_dir = aux_models.write_demo_aux(out, args.size, args.seed)
@@ -90,13 +95,13 @@ def cmd_demo_voice(args) -> int:
 
     g2pw_dir = write_demo_g2pw(out, args.seed)
     extra = ""
-    if args.sovits_version != "v2":  # ERes2NetV2 has one size: the file is the official layout, 214 MB
+    if args.sovits_version in ("v2Pro", "v2ProPlus"):  # ERes2NetV2 has one size: the file is the official layout, 214 MB
         demo.write_sv(out / DEMO_FILES["sv"], args.seed)
         extra = f" --sv-model {out / DEMO_FILES['sv']}"
     print(f"wrote demo voice ({args.size}, {args.sovits_version}) to {out}")
     print(f"next: gsv-triton export --gpt {out / DEMO_FILES['gpt']} --sovits {out / DEMO_FILES['sovits']} "
           f"--ref-audio {out / DEMO_FILES['ref']} --ref-text '{demo.DEMO_TEXT}' --ref-lang zh "
-          f"--hubert {ssl_dir} --bert {bert_dir} --g2pw {g2pw_dir}{extra} --voice demo --repo REPO")
+          f"--hubert {ssl_dir} --bert {bert_dir} --g2pw {g2pw_dir}{extra}{v4_extra} --voice demo --repo REPO")
     return 0
 
 
@@ -159,7 +164,6 @@ def _delegate(module: str, name: str):
 COMMANDS.update({cmd: _delegate("ops.swap", f"cmd_{cmd}") for cmd in ("publish", "rollback", "canary", "promote", "versions")})
 COMMANDS["control"] = _delegate("ops.control", "cmd_control")
 COMMANDS["gateway"] = _delegate("ops.gateway", "cmd_gateway")
-COMMANDS["perf"] = _delegate("ops.perf", "cmd_perf")
 
 
 def main(argv=None) -> int:
