@@ -40,16 +40,20 @@ class GoldenSample:
     step_logits: np.ndarray  # [1, F, V]
     greedy: np.ndarray  # [G] torch greedy tokens (top_k 1, no penalty, EOS masked early)
     wav: np.ndarray  # [S]
+    #: v4: the CFM steps and noise seed the torch wav was made with (python_backend.v4_synthesis)
+    cfm_steps: np.ndarray | None = None
+    cfm_seed: np.ndarray | None = None
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / GOLDEN_FILE
-        np.savez(path, **self.__dict__)
+        np.savez(path, **{k: v for k, v in self.__dict__.items() if v is not None})
         return path
 
     @classmethod
     def load(cls, folder: Path) -> "GoldenSample":
+        optional = ("cfm_steps", "cfm_seed")
         with np.load(Path(folder) / GOLDEN_FILE) as data:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k not in optional or k in data.files})
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -83,22 +87,39 @@ def synthesize(sovits: OnnxStage, vocoder: OnnxStage, codes: np.ndarray, phones:
 
 def measure(runner: GPTRunner, sovits: OnnxStage, vocoder: OnnxStage, sample: GoldenSample) -> dict[str, float]:
     """Agreement of the graphs with the stored torch outputs."""
+    wav = synthesize(sovits, vocoder, sample.codes, sample.target_phones, sample.ge)
+    return {**measure_gpt(runner, sample), **measure_wav(wav, sample)}
+
+
+def measure_gpt(runner: GPTRunner, sample: GoldenSample) -> dict[str, float]:
+    """The GPT graphs against the stored torch logits and greedy tokens."""
     prefill, steps = forced_step_logits(runner, sample)
     ref_steps = sample.step_logits[0]
     top1 = np.mean(np.argmax(steps[0], -1) == np.argmax(ref_steps, -1))
     greedy = runner.generate(sample.phones, sample.bert, sample.prompts, top_k=1, repetition_penalty=1.0,
                              max_new_tokens=sample.greedy.size, seed=0)
     n = min(greedy.size, sample.greedy.size)
-    wav = synthesize(sovits, vocoder, sample.codes, sample.target_phones, sample.ge)
     return {
         "prefill_logits_max_abs": float(np.max(np.abs(prefill - sample.prefill_logits))),
         "step_logits_max_abs": float(np.max(np.abs(steps - sample.step_logits))),
         "step_top1_agreement": float(top1),
         "greedy_match": float(np.mean(greedy[:n] == sample.greedy[:n])) if n else 1.0,
+    }
+
+
+def measure_wav(wav: np.ndarray, sample: GoldenSample) -> dict[str, float]:
+    """A waveform the graphs made from the golden inputs against the stored torch one."""
+    return {
         "wav_max_abs": float(np.max(np.abs(wav[: sample.wav.size] - sample.wav[: wav.size]))) if wav.size else float("inf"),
         "wav_snr_db": snr_db(sample.wav, wav),
         "wav_length_match": float(wav.size == sample.wav.size),
     }
+
+
+def synthesize_v4(stages, prompt, codes: np.ndarray, phones: np.ndarray, ge: np.ndarray, steps: int,
+                  seed: int) -> np.ndarray:
+    """v4: the golden codes through encoder -> CFM -> vocoder (``python_backend.v4_synthesis``)."""
+    return stages.synthesize(codes.reshape(-1), phones.reshape(-1), ge, prompt, int(steps), int(seed))[1]
 
 
 def failures(metrics: dict[str, float], tolerances: dict[str, float]) -> list[str]:

@@ -33,6 +33,9 @@ PRECISIONS = ("fp32", "fp16")
 CONFIG_FILE = "config.pbtxt"
 #: files of a version folder besides the graphs whose hashes the manifest records
 HASHED_FILES = ("model.py", "reference.npz", "golden.npz")
+#: graphs a version must have: v2 family (VITS decoder), v4 (encoder, one CFM Euler step, 48 kHz vocoder)
+V2_GRAPHS = ("gpt_prefill", "gpt_step", "sovits", "vocoder")
+V4_GRAPHS = ("gpt_prefill", "gpt_step", "encoder", "cfm_step", "vocoder")
 
 
 class ManifestError(ValueError):
@@ -131,7 +134,7 @@ class VoiceManifest:
     version: int  #: Triton version number (the folder name)
     label: str  #: free-form label, e.g. "v2.1"
     created_at: str  #: ISO 8601 UTC
-    sovits_version: str  #: "v2" | "v2Pro" | "v2ProPlus"
+    sovits_version: str  #: "v2" | "v2Pro" | "v2ProPlus" | "v4"
     precision: str  #: "fp32" | "fp16"
     sample_rate: int
     hop_length: int
@@ -162,7 +165,7 @@ class VoiceManifest:
             raise ManifestError(f"manifest precision {self.precision!r}, expected one of {PRECISIONS}")
         if self.version < 1:
             raise ManifestError(f"manifest version {self.version}, expected >= 1")
-        for stage in ("gpt_prefill", "gpt_step", "sovits", "vocoder"):
+        for stage in V4_GRAPHS if self.sovits_version == "v4" else V2_GRAPHS:
             if stage not in self.graphs:
                 raise ManifestError(f"manifest has no graph for stage {stage!r}")
         from python_backend.providers import VOICE_STAGES, ProviderError, ProviderPlan

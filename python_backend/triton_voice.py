@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from python_backend import history, layout, validation
+from python_backend import history, layout, mel_v4, validation
 from python_backend.triton_common import STUB_IPC, CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, send
 from python_backend.validation import ValidationError  # noqa: F401  (re-exported)
 from python_backend import reference as reference_mod
@@ -34,7 +34,8 @@ LOG = logging.getLogger("gsv.voice")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PARAMS = {"TOP_K": ("top_k", int), "TOP_P": ("top_p", float), "TEMPERATURE": ("temperature", float),
           "REPETITION_PENALTY": ("repetition_penalty", float), "NOISE_SCALE": ("noise_scale", float),
-          "SPEED": ("speed", float), "MAX_TOKENS": ("max_tokens", int), "STREAM": ("stream", bool)}
+          "SPEED": ("speed", float), "MAX_TOKENS": ("max_tokens", int), "STREAM": ("stream", bool),
+          "SAMPLE_STEPS": ("sample_steps", int)}
 
 
 def _value(request, name):
@@ -90,7 +91,7 @@ class TritonPythonModel:
             self._refuse(folder, exc)
             raise
         self.engine = engine
-        self.sample_rate = int(engine.manifest.sample_rate)
+        self.sample_rate = int(engine.sample_rate)
         self.lock = threading.Lock()
         self.active: dict[str, Utterance] = {}
         # every custom-metric call goes through this lock: calls from two stub threads at once
@@ -103,9 +104,27 @@ class TritonPythonModel:
         self.cache_metrics = CacheMetrics(self.name)
         _record(self.repo, self.voice, self.version, "validated",
                 ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
-        _record(self.repo, self.voice, self.version, "active")
+        _record(self.repo, self.voice, self.version, "active", self._rate_note())
         LOG.info("[voice] %s version %d loaded and validated (%s)", self.name, self.version,
                  ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
+
+    def _rate_note(self) -> str:
+        """The version's kind and rate for its "active" event, saying so when the rate differs
+        from the version that was active before (a v2 -> v4 swap goes 32000 -> 48000 Hz)."""
+        note = f"{self.engine.manifest.sovits_version}, {self.sample_rate} Hz"
+        try:
+            before = [e.version for e in history.read(self.repo, self.voice)
+                      if e.event == "active" and e.version != self.version]
+            if before:
+                from python_backend.manifest import VoiceManifest
+
+                old = VoiceManifest.read(Path(self.repo) / layout.voice_model(self.voice) / str(before[-1]))
+                if int(old.sample_rate) != self.sample_rate:
+                    note += (f"; sample rate changes from {int(old.sample_rate)} Hz (version {before[-1]}, "
+                             f"{old.sovits_version})")
+        except Exception:  # noqa: BLE001 - a note, never a reason to fail a load
+            pass
+        return note
 
     def _refuse(self, folder: Path, exc: Exception) -> None:
         """Record why the load failed; quarantine the folder when the version is at fault."""
@@ -236,7 +255,14 @@ class TritonPythonModel:
                 if len(clips) != len(specs):
                     raise RequestError(f"{len(clips)} clips for {len(specs)} spectrograms")
                 sv = [_sv_embedding(clip) for clip in clips]
-            return self.engine.make_reference(values["REF_PHONES"], values["REF_BERT"], values["REF_SSL"], specs, sv)
+            mel = None
+            if self.engine.is_v4:  # the CFM prompt: the main clip's normalized log-mel
+                if values["REF_WAV32K"] is None or values["REF_WAV_LENGTHS"] is None:
+                    raise RequestError("a v4 voice needs REF_WAV32K and REF_WAV_LENGTHS")
+                main = reference_mod.split_by_lengths(values["REF_WAV32K"], values["REF_WAV_LENGTHS"], axis=0)[0]
+                mel = mel_v4.reference_mel(np.asarray(main, np.float32))
+            return self.engine.make_reference(values["REF_PHONES"], values["REF_BERT"], values["REF_SSL"], specs, sv,
+                                              mel=mel)
 
         value, hit, evicted = self.ref_cache.get_or_compute(_text(key), compute)
         self.cache_metrics.count("hit" if hit else "miss")

@@ -267,15 +267,25 @@ def validate(engine, verify_hashes: bool = True, tokens: int = VALIDATION_TOKENS
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise ValidationError(f"golden sample unreadable: {_one_line(exc)}") from None
     sr = int(manifest.sample_rate)
-    spt = 2 * engine.hop
+    spt = engine.samples_per_token
     try:
-        metrics = golden.measure(engine.gpt, engine.sovits, engine.vocoder, sample)
-        wav = golden.synthesize(engine.sovits, engine.vocoder, sample.codes, sample.target_phones, sample.ge)
+        if engine.v4 is not None:
+            if sample.cfm_steps is None or sample.cfm_seed is None:
+                raise ValueError("the golden sample of a v4 version has no cfm_steps/cfm_seed")
+            steps, seed = int(sample.cfm_steps), int(sample.cfm_seed)
+
+            def synth(codes):
+                return golden.synthesize_v4(engine.v4, engine.v4_prompt, codes, sample.target_phones, sample.ge,
+                                            steps, seed)
+        else:
+            def synth(codes):
+                return golden.synthesize(engine.sovits, engine.vocoder, codes, sample.target_phones, sample.ge)
+        wav = synth(sample.codes)
+        metrics = {**golden.measure_gpt(engine.gpt, sample), **golden.measure_wav(wav, sample)}
         n_target = int(sample.target_phones.shape[1])
         budget = min(int(tokens), engine_budget(n_target))
         toks = engine.gpt.generate(sample.phones, sample.bert, sample.prompts, top_k=1, max_new_tokens=budget, seed=0)
-        speech = golden.synthesize(engine.sovits, engine.vocoder, toks[None], sample.target_phones, sample.ge) \
-            if toks.size else np.zeros(0, np.float32)
+        speech = synth(toks[None]) if toks.size else np.zeros(0, np.float32)
     except Exception as exc:  # noqa: BLE001 - graphs that cannot even run the sample are the version's fault
         raise ValidationError(f"golden sample does not run through the graphs ({_one_line(exc)})") from None
     problems = [f"golden: {p}" for p in golden.failures(metrics, manifest.tolerances)]

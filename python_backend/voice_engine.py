@@ -81,6 +81,7 @@ from python_backend.kv_cache import KVCache
 from python_backend.limits import BUSY
 from python_backend.manifest import VoiceManifest
 from python_backend.onnx_stage import OnnxStage, providers, session_options
+from python_backend.v4_synthesis import V4Prompt, V4Scheduler, V4Stages
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ BUDGET_BASE_TOKENS = 50  # 2 s: leading/trailing silence and the EOS lag of a sh
 BUDGET_TOKENS_PER_PHONE = 8  # 0.32 s per phone: 3x a normal v2 speaking rate (~9-10 phones/s)
 NOISE_STREAM = 1
 NOISE_BLOCK = 256  # latent frames per independently seeded noise block (about 5 s of audio)
+MAX_SAMPLE_STEPS = 64  # v4 CFM steps per request (upstream api_v2 default 32, web UI 8)
 
 FINISH_EOS = "eos"
 FINISH_BUDGET = "budget"
@@ -197,9 +199,11 @@ class EngineReference:
     bert: np.ndarray  #: float32 [1024, P]
     prompts: np.ndarray  #: int64 [1, T] prompt semantic tokens (T = 0: reference-free)
     ge: np.ndarray  #: float32 [1, gin, 1] speaker conditioning (mean over the reference clips)
+    v4_prompt: V4Prompt | None = None  #: v4 voices: the CFM prompt (features + mel) of the clip
 
     def nbytes(self) -> int:
-        return int(self.phones.nbytes + self.bert.nbytes + self.prompts.nbytes + self.ge.nbytes)
+        extra = self.v4_prompt.nbytes() if self.v4_prompt is not None else 0
+        return int(self.phones.nbytes + self.bert.nbytes + self.prompts.nbytes + self.ge.nbytes + extra)
 
 
 @dataclass
@@ -216,7 +220,8 @@ class SynthesisRequest:
     speed: float = 1.0  #: [0.25, 4]
     seed: int | None = None  #: same seed + same request on an idle engine -> same audio
     max_tokens: int | None = None  #: 1..1500; caps :func:`token_budget`
-    stream: bool = False  #: emit audio in chunks while the GPT decodes
+    stream: bool = False  #: emit audio in chunks while the GPT decodes (v4: one piece per CFM chunk)
+    sample_steps: int | None = None  #: v4 only: CFM Euler steps, 1..64 (None: the version's default, 32)
     reference: EngineReference | None = None  #: None: the version's own reference (reference.npz)
     group: RequestGroup | None = None  #: the client request it belongs to (fairness, audio cap); None: its own
 
@@ -244,6 +249,9 @@ class SynthesisRequest:
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(
                 self.max_tokens, (int, np.integer)) or not 1 <= self.max_tokens <= MAX_TOKENS):
             raise RequestError(f"max_tokens={self.max_tokens!r} out of range [1, {MAX_TOKENS}]")
+        if self.sample_steps is not None and (isinstance(self.sample_steps, bool) or not isinstance(
+                self.sample_steps, (int, np.integer)) or not 1 <= self.sample_steps <= MAX_SAMPLE_STEPS):
+            raise RequestError(f"sample_steps={self.sample_steps!r} out of range [1, {MAX_SAMPLE_STEPS}]")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
                                       or self.seed < 0):
             raise RequestError(f"seed={self.seed!r} must be a non-negative integer")
@@ -251,7 +259,7 @@ class SynthesisRequest:
 
 @dataclass
 class AudioChunk:
-    """A piece of one request's audio (32 kHz mono float32)."""
+    """A piece of one request's audio (mono float32 at the version's sample rate: 32 kHz, v4 48 kHz)."""
 
     audio: np.ndarray  #: f32 [n]
     final: bool  #: exactly one chunk per request is final (the last one)
@@ -381,22 +389,35 @@ class VoiceEngine:
         self._options, self._providers, self._ref_stages = opts, prov, None
         self._ref_lock = threading.Lock()
         self.gpt = GPTRunner(self.folder / "gpt_prefill.onnx", self.folder / "gpt_step.onnx", prov, opts)
-        self.sovits = OnnxStage(self.folder / "sovits.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
-                                inputs=("codes", "code_lengths", "phones", "phone_lengths", "ge", "noise", "speed"),
-                                outputs=("latent", "latent_lengths"))
-        self.vocoder = OnnxStage(self.folder / "vocoder.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
-                                 inputs=("latent", "ge"), outputs=("wav",))
-        self.hop = int(self.vocoder.metadata.get("hop", self.manifest.hop_length))
-        self.samples_per_token = LATENT_FRAMES_PER_TOKEN * self.hop
-        self.channels = int(self.sovits.metadata.get("latent_channels", 192))
+        self.v4: V4Stages | None = None
+        self.sovits = self.vocoder = None
+        if self.is_v4:  # encoder -> CFM steps -> 48 kHz vocoder (python_backend.v4_synthesis)
+            self.v4 = V4Stages(self.folder, opts, prov)
+            self.hop = self.v4.contract.hop
+            self.samples_per_token = self.v4.contract.samples_per_code
+        else:
+            self.sovits = OnnxStage(self.folder / "sovits.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
+                                    inputs=("codes", "code_lengths", "phones", "phone_lengths", "ge", "noise",
+                                            "speed"), outputs=("latent", "latent_lengths"))
+            self.vocoder = OnnxStage(self.folder / "vocoder.onnx", "gpt-sovits-s2", options=opts, provider_list=prov,
+                                     inputs=("latent", "ge"), outputs=("wav",))
+            self.hop = int(self.vocoder.metadata.get("hop", self.manifest.hop_length))
+            self.samples_per_token = LATENT_FRAMES_PER_TOKEN * self.hop
+            self.channels = int(self.sovits.metadata.get("latent_channels", 192))
         with np.load(self.folder / "reference.npz") as ref:
             self.ref_phones = ref["phones"].astype(np.int64).reshape(-1)
             self.ref_bert = ref["bert"].astype(np.float32)
             self.prompts = ref["prompts"].astype(np.int64).reshape(1, -1)
             self.ge = ref["ge"].astype(np.float32).reshape(1, -1, 1)
+            ref_mel = ref["mel"].astype(np.float32) if "mel" in ref.files else None
         if self.ref_bert.shape != (BERT_DIM, self.ref_phones.size):
             raise ValueError(f"{self.folder}/reference.npz: bert {self.ref_bert.shape} does not match "
                              f"{self.ref_phones.size} phones")
+        self.v4_prompt: V4Prompt | None = None
+        if self.v4 is not None:
+            if ref_mel is None:
+                raise ValueError(f"{self.folder}/reference.npz: a v4 version needs the reference mel ('mel')")
+            self.v4_prompt = self.v4.prompt(self.prompts, self.ref_phones, self.ge, ref_mel)
 
         self._lock = threading.Condition()
         self._in_flight = 0
@@ -409,13 +430,23 @@ class VoiceEngine:
         self.seconds = collections.Counter()  # graph time: prefill, step, sampling, sovits, vocoder
         self._threads = [
             threading.Thread(target=self._decode_loop, name="gsv-gpt", daemon=True),
-            threading.Thread(target=self._sovits_loop, name="gsv-sovits", daemon=True),
+            threading.Thread(target=self._v4_loop if self.v4 is not None else self._sovits_loop, name="gsv-sovits",
+                             daemon=True),
             threading.Thread(target=self._send_loop, name="gsv-send", daemon=True),
         ]
         for t in self._threads:
             t.start()
 
     # ------------------------------------------------------------------ references
+    @property
+    def is_v4(self) -> bool:
+        """v4: 48 kHz, CFM + vocoder after the GPT instead of the VITS decoder."""
+        return self.manifest.sovits_version == "v4"
+
+    @property
+    def sample_rate(self) -> int:
+        return self.v4.contract.sample_rate if self.v4 is not None else int(self.manifest.sample_rate)
+
     @property
     def is_pro(self) -> bool:
         """v2Pro/v2ProPlus: the speaker graph also takes a speaker-verification embedding."""
@@ -434,12 +465,17 @@ class VoiceEngine:
             return self._ref_stages
 
     def make_reference(self, phones: np.ndarray, bert: np.ndarray, ssl: np.ndarray | None, specs: list[np.ndarray],
-                       sv_embs: list[np.ndarray] | None = None) -> EngineReference:
+                       sv_embs: list[np.ndarray] | None = None, mel: np.ndarray | None = None) -> EngineReference:
         """Upstream's prompt from a clip: prompt tokens from its SSL features [768, T], ge from
         each spectrogram [1025, F] (+ its sv_emb [20480] for Pro voices), averaged over the
         clips as upstream fuses ``aux_ref_audio_paths``.  ``ssl`` None: reference-free (no
-        prompt tokens; ``phones`` empty), as upstream runs a request without prompt text."""
+        prompt tokens; ``phones`` empty), as upstream runs a request without prompt text.
+        v4 voices also need ``mel``, the main clip's normalized log-mel
+        (``python_backend.mel_v4.reference_mel``), and have no reference-free mode."""
         codes_stage, speaker = self._reference_stages()
+        if self.v4 is not None and (ssl is None or mel is None):
+            raise RequestError("a v4 voice needs a reference clip with its transcript (REF_TEXT): upstream's v4 "
+                               "path has no reference-free mode")
         if ssl is None:
             if not self.gpt.empty_prompts:
                 raise RequestError(f"voice version {self.manifest.version} was exported before reference-free "
@@ -464,7 +500,12 @@ class VoiceEngine:
         bert = np.asarray(bert, np.float32)
         if bert.shape != (BERT_DIM, phones.size):
             raise RequestError(f"REF_BERT shape {bert.shape} does not match {phones.size} reference phones")
-        return EngineReference(phones=phones, bert=bert, prompts=prompts, ge=ge)
+        v4_prompt = None
+        if self.v4 is not None:
+            if phones.size == 0:
+                raise RequestError("a v4 voice needs the reference transcript's phones (REF_TEXT)")
+            v4_prompt = self.v4.prompt(prompts, phones, ge, mel)
+        return EngineReference(phones=phones, bert=bert, prompts=prompts, ge=ge, v4_prompt=v4_prompt)
 
     # ------------------------------------------------------------------ public
     @property
@@ -483,6 +524,10 @@ class VoiceEngine:
         (EngineBusy) when the voice would hold more than ``max_queued`` sentences."""
         for req in reqs:
             req.validate(self.gpt.phone_vocab_size)
+            if self.v4 is not None and req.sample_steps is not None and req.sample_steps > self.v4.contract.steps_max:
+                raise RequestError(f"sample_steps={req.sample_steps} out of range [1, {self.v4.contract.steps_max}]")
+            if self.v4 is not None and req.reference is not None and req.reference.v4_prompt is None:
+                raise RequestError("the reference was not made for a v4 voice (no CFM prompt); make it with this engine")
         group = group or RequestGroup()
         with self._lock:
             if self._closed:
@@ -599,7 +644,7 @@ class VoiceEngine:
             if reason is not None:
                 done.append(i)
                 self._end_row(row, FINISH_EOS if reason == sampling.STOP_EOS else FINISH_BUDGET)
-            elif row.r.req.stream and len(row.r.tokens) >= row.r.next_chunk_at:
+            elif row.r.req.stream and self.v4 is None and len(row.r.tokens) >= row.r.next_chunk_at:
                 self._stream_chunk(row.r)
         batch.remove(done)
         self.stats["steps_sampled"] += 1
@@ -756,6 +801,74 @@ class VoiceEngine:
             return
         r.failed = True
         self._out.put((r, AudioChunk(np.zeros(0, np.float32), True, FINISH_ERROR, 0, message)))
+
+    # ------------------------------------------------------------------ v4 synthesis thread
+    def _v4_loop(self) -> None:
+        """v4's counterpart of ``_sovits_loop``: whole sentences from the decode thread go to a
+        :class:`V4Scheduler` (CFM rows batched step by step); its pieces go to the sender."""
+        sched = V4Scheduler(self.v4, self.max_batch)
+        sched.seconds, sched.stats = self.seconds, self.stats
+        jobs: dict[int, _Job] = {}
+        sent: dict[int, int] = {}  # tokens already reported per request (stream pieces)
+        stopping = False
+        while True:
+            new = []
+            if not sched.busy:
+                if stopping:
+                    self._out.put(_STOP)
+                    return
+                new.append(self._jobs.get())
+            while True:
+                try:
+                    new.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            for job in new:
+                if job is _STOP:
+                    stopping = True
+                elif job.codes is None or not job.codes.size or job.r.failed or job.r.handle.cancelled:
+                    self._send(job, None)
+                else:
+                    try:
+                        self._v4_add(sched, job)
+                    except Exception as exc:  # a bad prompt fails its request, never the thread
+                        log.exception("[cfm] request %d refused", job.r.handle.id)
+                        self._send_error(job.r, f"v4 synthesis failed: {str(exc).splitlines()[0][:200]}")
+                        continue
+                    jobs[job.r.handle.id] = job
+            for key in sched.keys():
+                if jobs[key].r.handle.cancelled or jobs[key].r.failed:
+                    sched.drop(key)
+                    self._send(jobs.pop(key), None)
+            try:
+                pieces = sched.tick()
+            except Exception as exc:
+                log.exception("[cfm] tick failed")
+                message = f"v4 synthesis failed: {str(exc).splitlines()[0][:200]}"
+                for key in sched.keys():
+                    sched.drop(key)
+                    self._send_error(jobs.pop(key).r, message)
+                continue
+            for piece in pieces:
+                job = jobs[piece.key]
+                n = len(job.r.tokens)
+                s = sent.get(piece.key, 0)
+                e = None if piece.final else min(n, round(piece.stop * n / max(1, piece.total)))
+                self._send(_Job(job.r, None, 0, s, e, piece.final, job.reason if piece.final else None), piece.wav)
+                if piece.final:
+                    jobs.pop(piece.key)
+                    sent.pop(piece.key, None)
+                else:
+                    sent[piece.key] = e
+
+    def _v4_add(self, sched: V4Scheduler, job: _Job) -> None:
+        req = job.r.req
+        ref = req.reference
+        prompt = self.v4_prompt if ref is None else ref.v4_prompt
+        ge = self.ge if ref is None else ref.ge
+        steps = req.sample_steps or self.v4.contract.steps_default
+        sched.add(job.r.handle.id, job.codes, np.asarray(req.phones, np.int64), ge, prompt, steps, job.r.handle.seed,
+                  float(req.speed), stream=bool(req.stream))
 
     # ------------------------------------------------------------------ sender thread
     def _send_loop(self) -> None:
