@@ -68,11 +68,12 @@ def _check_io(sess: ort.InferenceSession, path: str, io: tuple) -> None:
 
 def _resolutions(prefill_path: Path, step_path: Path, providers) -> tuple:
     """None: CPU for both (the exporter's checks); ``onnx_stage.providers()``' list: each graph's
-    version choice; any other list: that list for both."""
+    version choice; a ``ProviderPlan``: its choice per graph; any other list: that list for both."""
     from python_backend.onnx_stage import PerStage
 
-    if isinstance(providers, PerStage):
-        return providers_mod.resolve_graph(prefill_path), providers_mod.resolve_graph(step_path)
+    if isinstance(providers, (PerStage, providers_mod.ProviderPlan)):
+        plan = providers if isinstance(providers, providers_mod.ProviderPlan) else None
+        return providers_mod.resolve_graph(prefill_path, plan=plan), providers_mod.resolve_graph(step_path, plan=plan)
     names = providers or ["CPUExecutionProvider"]
     return tuple(providers_mod.Resolution(stage, "explicit", tuple((n, {}) for n in names))
                  for stage in ("gpt_prefill", "gpt_step"))

@@ -38,12 +38,15 @@ class OnnxStage:
     def __init__(self, path: str | Path, model_type: str | None = None, inputs: tuple[str, ...] = (),
                  outputs: tuple[str, ...] = (), options: ort.SessionOptions | None = None, provider_list=None):
         """``provider_list``: None or :func:`providers`' list: the version folder's choice for this
-        graph's stage (``self.resolution``); any other list: exactly those providers."""
+        graph's stage (``self.resolution``); a ``ProviderPlan``: that plan's choice (benchmarks
+        comparing providers); any other list: exactly those providers."""
         self.path = Path(path)
         if not self.path.is_file():
             raise StageError(f"{self.path}: graph file missing")
         try:
-            if provider_list is None or isinstance(provider_list, PerStage):
+            if isinstance(provider_list, providers_mod.ProviderPlan):
+                self.resolution = providers_mod.resolve_graph(self.path, plan=provider_list)
+            elif provider_list is None or isinstance(provider_list, PerStage):
                 self.resolution = providers_mod.resolve_graph(self.path)
             else:
                 self.resolution = providers_mod.Resolution(

@@ -213,3 +213,29 @@ def test_io_binding_decode_gives_the_same_tokens(gpu_version):
     args = dict(top_k=5, seed=7, max_new_tokens=40)
     np.testing.assert_array_equal(bound.generate(phones, bert, prompts, **args),
                                   plain.generate(phones, bert, prompts, **args))
+
+
+# ---------------------------------------------------------------------- a real tritonserver on this CPU host
+
+@pytest.mark.integration
+def test_server_serves_a_gpu_version_on_cpu_and_says_so(gpu_version, demo, tmp_path):
+    """The version asks for CUDA/TensorRT; this host has neither: it loads, answers, logs why, and
+    sounds exactly like the same checkpoints exported without a choice."""
+    from ops.client import synthesize
+    from tests.triton_fixtures import require_tritonserver, start_server
+
+    require_tritonserver()
+    repo = gpu_version.parents[1]
+    export_voice(demo, repo, "plain")
+    server = start_server(repo, ["tts", "gsv_bert", "voice_gpu", "voice_plain"], timeout=600, log_dir=tmp_path)
+    try:
+        fixed = {"TOP_K": 1, "SEED": 7, "MAX_TOKENS": 30}
+        gpu = synthesize("今天天气很好。", "gpu", server.grpc_url, **fixed)
+        plain = synthesize("今天天气很好。", "plain", server.grpc_url, **fixed)
+        log = server.log_tail(2000)
+    finally:
+        server.stop()
+    assert gpu.audio.size > 0 and np.all(np.isfinite(gpu.audio)) and np.abs(gpu.audio).max() > 1e-4
+    np.testing.assert_allclose(gpu.audio, plain.audio, atol=1e-5)
+    for stage, asked in (("gpt_step", "cuda"), ("sovits", "tensorrt"), ("vocoder", "tensorrt_fp32"), ("bert", "tensorrt")):
+        assert f"[providers] {stage}: asked for {asked} but this onnxruntime offers" in log, stage
