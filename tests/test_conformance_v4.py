@@ -322,3 +322,32 @@ def test_vocoder_padded_rows_equal_solo(case, graphs):
         n = s.shape[1]
         assert _err(wav[b, :n], s[0]) < 1e-4
         assert not wav[b, n:].any()
+
+
+def test_encoder_speed_frames_and_padded_rows(case):
+    """speed != 1 (not in the goldens): upstream's frame count 2 * (int(2T / speed) + 1) per row,
+    wns1 masked past int(4T / speed) + 1, and a padded row equal to its solo run."""
+    g, m = case["g"], case["model"]
+    speed = torch.tensor([1.25])
+    codes = [T(g["codes"]).reshape(1, -1), T(g["prompt_codes"]).reshape(1, -1)]
+    phones = [T(g["phones"]), T(g["prompt_phones"])]
+    ge = T(g["ge"])
+    solo = []
+    with torch.no_grad():
+        for c, p in zip(codes, phones):
+            fea, n = m.encode(c, torch.tensor([c.shape[1]]), p, torch.tensor([p.shape[1]]), ge, speed)
+            n_up = 2 * (int(2 * c.shape[1] / 1.25) + 1)
+            assert fea.shape[2] == n_up and n.tolist() == [n_up]
+            assert not fea[:, :, int(4 * c.shape[1] / 1.25) + 1:].any()
+            solo.append(fea)
+        tc, tp = codes[0].shape[1], max(p.shape[1] for p in phones)
+        fea, n = m.encode(torch.cat([_pad_tokens(c, tc) for c in codes]), torch.tensor([c.shape[1] for c in codes]),
+                          torch.cat([_pad_tokens(p, tp) for p in phones]), torch.tensor([p.shape[1] for p in phones]),
+                          torch.cat([ge, ge]), speed)
+    for b, s in enumerate(solo):
+        assert n[b] == s.shape[2] and _err(fea[b, :, :s.shape[2]], s[0]) < 1e-4
+
+
+def _pad_tokens(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Pad token ids [1, L] to [1, n] with a non-zero id (padding must not matter)."""
+    return torch.nn.functional.pad(x, (0, n - x.shape[1]), value=3)
