@@ -38,6 +38,11 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                    help="execution provider per stage (gpt_prefill, gpt_step, sovits, vocoder, bert, ssl, sv; "
                         "all=X for every stage): auto (default: CUDA if available, else CPU), cpu, cuda, "
                         "tensorrt (FP16 engines), tensorrt_fp32; a GPU choice falls back to CPU where the host has no GPU")
+    p.add_argument("--vocoder", type=Path, metavar="FILE",
+                   help="v4 voices: the vocoder state dict (upstream's gsv-v4-pretrained/vocoder.pth); "
+                        "--sovits is then a v4 base s2Gv4.pth or a v4 LoRA file")
+    p.add_argument("--sovits-base", type=Path, metavar="FILE",
+                   help="v4 LoRA voices: the base s2Gv4.pth the LoRA file (--sovits) was trained on")
     p.add_argument("--no-progress", action="store_true")
 
 
