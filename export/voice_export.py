@@ -70,6 +70,8 @@ class ExportOptions:
     int8_decode: bool = False
     providers: str = ""  #: "STAGE=PROVIDER,..." (``python_backend.providers.ProviderPlan.parse``)
     progress: bool = True
+    vocoder: Path | None = None  #: v4: the vocoder state dict (upstream gsv-v4-pretrained/vocoder.pth)
+    sovits_base: Path | None = None  #: v4 LoRA (``sovits``): the base s2Gv4.pth it was trained on
 
     @classmethod
     def from_args(cls, args) -> "ExportOptions":
@@ -79,7 +81,8 @@ class ExportOptions:
             ref_lang=args.ref_lang, voice=args.voice, repo=args.repo, version=args.version, label=args.label,
             hubert=args.hubert, bert=args.bert, sv_emb=args.sv_emb, sv_model=args.sv_model, g2pw=args.g2pw,
             upstream_text=args.upstream_text, precision=args.precision, int8_decode=args.int8_decode,
-            providers=getattr(args, "providers", "") or "", progress=not args.no_progress)
+            providers=getattr(args, "providers", "") or "", progress=not args.no_progress,
+            vocoder=getattr(args, "vocoder", None), sovits_base=getattr(args, "sovits_base", None))
 
 
 @dataclass
@@ -153,8 +156,9 @@ def _speaker_embedding(opts: ExportOptions, shared, wav32k: np.ndarray) -> tuple
     return sv, {"source": layout.SV_MODEL, "version": int(folder.name), "checkpoint_sha256": source["sha256"]}
 
 
-def _torch_golden(gpt: GPT, sovits, ref: ReferenceData) -> golden_mod.GoldenSample:
-    """Fixed inputs from the voice's own reference, and what torch computes from them."""
+def _torch_golden(gpt: GPT, sovits, ref: ReferenceData, synth=None) -> golden_mod.GoldenSample:
+    """Fixed inputs from the voice's own reference, and what torch computes from them.
+    ``synth(codes [1, C]) -> wav``: the SoVITS half (default: the v2 decoder with noise 0)."""
     phones = np.concatenate([ref.phones, ref.phones])[None]
     bert = np.concatenate([ref.bert, ref.bert], axis=1)[None]
     prompts = ref.prompts[None]
@@ -177,8 +181,11 @@ def _torch_golden(gpt: GPT, sovits, ref: ReferenceData) -> golden_mod.GoldenSamp
             out, k, v = step(np.array([[tok]]), np.array([prompts.shape[1] + i]), k, v)
             steps.append(out)
         greedy = golden_mod.greedy_reference(step, prefill, (phones, bert, prompts), gpt.cfg.eos)
-        wav = sovits.decode(torch.from_numpy(codes), torch.from_numpy(ref.phones[None]),
-                            torch.from_numpy(ref.spec[None]), None if ref.sv_emb is None else torch.from_numpy(ref.sv_emb))
+        if synth is not None:
+            wav = synth(codes)
+        else:
+            wav = sovits.decode(torch.from_numpy(codes), torch.from_numpy(ref.phones[None]), torch.from_numpy(
+                ref.spec[None]), None if ref.sv_emb is None else torch.from_numpy(ref.sv_emb))
     return golden_mod.GoldenSample(
         phones=phones, bert=bert.astype(np.float32), prompts=prompts, forced=forced, codes=codes,
         target_phones=ref.phones[None], ge=ref.ge.astype(np.float32), prefill_logits=logits,
@@ -187,9 +194,13 @@ def _torch_golden(gpt: GPT, sovits, ref: ReferenceData) -> golden_mod.GoldenSamp
 
 
 def _graph_entries(folder: Path, reports: dict) -> dict[str, GraphEntry]:
+    return _graph_entries_for(folder, reports, GRAPH_STAGES)
+
+
+def _graph_entries_for(folder: Path, reports: dict, stages: tuple[str, ...]) -> dict[str, GraphEntry]:
     return {name: GraphEntry(file=f"{name}.onnx", sha256=sha256_file(folder / f"{name}.onnx"),
                              bytes=(folder / f"{name}.onnx").stat().st_size, optimization=reports.get(name, {}))
-            for name in GRAPH_STAGES}
+            for name in stages}
 
 
 def _open_graphs(folder: Path) -> tuple[GPTRunner, OnnxStage, OnnxStage]:
@@ -251,6 +262,10 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
 
 def export_voice(opts: ExportOptions) -> Path:
     """Run the whole export; returns the published version folder."""
+    if opts.vocoder is not None or opts.sovits_base is not None:
+        from export.v4_export import export_v4_voice
+
+        return export_v4_voice(opts)
     gpt_ckpt, sovits_ckpt = _preflight(opts)
     bar = tqdm(total=7, desc="export", disable=not opts.progress, unit="step")
     is_pro = sovits_ckpt.version in ("v2Pro", "v2ProPlus")
