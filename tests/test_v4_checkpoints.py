@@ -177,3 +177,22 @@ def test_vocoder_reads_and_wrong_shapes_are_refused(tmp_path):
     torch.save({"conv_post.weight": bad["conv_post.weight"]}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match="not a v4 vocoder state dict"):
         read_vocoder_v4(tmp_path / "partial.pth", sovits)
+
+
+def test_vocoder_that_does_not_fit_the_generator_is_refused():
+    from export.checkpoints import V4Vocoder
+    from export.v4_vocoder import build_vocoder
+
+    voc = read_vocoder_v4(_vocoder(_base()))
+    wrong = dict(voc.state_dict)
+    w = wrong["resblocks.0.convs2.0.weight"]
+    wrong["resblocks.0.convs2.0.weight"] = torch.zeros(w.shape[0], w.shape[1], w.shape[2] + 2)
+    with pytest.raises(CheckpointError, match="vocoder shape mismatch") as exc:
+        build_vocoder(V4Vocoder(voc.path, wrong, voc.sha256))
+    _one_line(exc)
+    missing = {k: v for k, v in voc.state_dict.items() if k != "conv_post.bias"}
+    with pytest.raises(CheckpointError, match=r"missing \['conv_post.bias'\]"):
+        build_vocoder(V4Vocoder(voc.path, missing, voc.sha256))
+    strides = {k: v for k, v in voc.state_dict.items() if not k.startswith("ups.4.")}
+    with pytest.raises(CheckpointError, match="do not fit upstream v4 strides"):
+        build_vocoder(V4Vocoder(voc.path, strides, voc.sha256))
