@@ -11,7 +11,7 @@ import numpy as np
 PARAM_TYPES = {"TOP_K": ("INT32", np.int32), "TOP_P": ("FP32", np.float32), "TEMPERATURE": ("FP32", np.float32),
                "REPETITION_PENALTY": ("FP32", np.float32), "NOISE_SCALE": ("FP32", np.float32),
                "SPEED": ("FP32", np.float32), "SEED": ("INT64", np.int64), "MAX_TOKENS": ("INT32", np.int32),
-               "VOICE_VERSION": ("INT32", np.int32)}
+               "VOICE_VERSION": ("INT32", np.int32), "SAMPLE_STEPS": ("INT32", np.int32)}
 
 
 class ClientError(RuntimeError):
@@ -186,6 +186,7 @@ def add_say_parser(sub) -> None:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--noise-scale", type=float)
     p.add_argument("--max-tokens", type=int, help="cap on semantic tokens per sentence (25 per second of audio)")
+    p.add_argument("--sample-steps", type=int, help="v4 voices: CFM Euler steps, 1-64 (default 32, as upstream api_v2)")
     p.add_argument("--ref-audio", type=Path, help="a reference clip for this request (3-10 s) instead of the voice's own")
     p.add_argument("--ref-text", help="the reference clip's transcript (without it: upstream's reference-free mode)")
     p.add_argument("--ref-lang", choices=MODES, help="the transcript's language mode (default: --language)")
@@ -199,7 +200,7 @@ def cmd_say(args) -> int:
     url = args.url or ("127.0.0.1:8000" if args.http else "127.0.0.1:8001")
     params = {"SEED": args.seed, "SPEED": args.speed, "TOP_K": args.top_k, "TOP_P": args.top_p,
               "TEMPERATURE": args.temperature, "REPETITION_PENALTY": args.repetition_penalty,
-              "NOISE_SCALE": args.noise_scale, "MAX_TOKENS": args.max_tokens}
+              "NOISE_SCALE": args.noise_scale, "MAX_TOKENS": args.max_tokens, "SAMPLE_STEPS": args.sample_steps}
     reference = None
     if args.ref_audio is not None:
         reference = Reference.from_files(args.ref_audio, args.ref_text, args.ref_lang, args.aux_ref)

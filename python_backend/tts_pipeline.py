@@ -66,6 +66,8 @@ def voice_inputs(request: TTSRequest, bert: Callable[[str], np.ndarray], stream:
         inputs[name] = np.array([request.params[name]], np.float32)
     if request.seed is not None:
         inputs["SEED"] = np.array([request.seed], np.int64)
+    if request.sample_steps is not None:
+        inputs["SAMPLE_STEPS"] = np.array([request.sample_steps], np.int32)
     if max_tokens is not None:
         inputs["MAX_TOKENS"] = np.array([max_tokens], np.int32)
     if reference is not None:

@@ -31,6 +31,8 @@ class ParamRange:
     low_open: bool = False
 
 
+MAX_SAMPLE_STEPS = 64  # v4 CFM steps (upstream api_v2 defaults to 32, its web UI to 8)
+
 PARAMS = {
     "TOP_K": ParamRange("TOP_K", 1, 1024, 15),
     "TOP_P": ParamRange("TOP_P", 0.0, 1.0, 1.0, low_open=True),
@@ -57,6 +59,7 @@ class TTSRequest:
     sentences: list[Sentence] = field(default_factory=list)
     reference: ReferenceRequest | None = None  #: a clip sent with the request (None: the voice's own)
     voice_version: int | None = None  #: a pinned version of the voice (None: the active one, or a canary)
+    sample_steps: int | None = None  #: v4 voices: CFM Euler steps (None: the version's default; v2 ignores it)
 
 
 def decode_text(raw, name: str) -> str:
@@ -126,7 +129,8 @@ def parse(inputs: dict[str, object], limits: Limits | None = None) -> TTSRequest
             raise RequestError(f"SEED must be a non-negative integer, got {seed_value:g}")
         seed = int(seed_value)
     request = TTSRequest(text=text, voice=voice, language=language, params=params, seed=seed,
-                         voice_version=_voice_version(inputs.get("VOICE_VERSION")))
+                         voice_version=_voice_version(inputs.get("VOICE_VERSION")),
+                         sample_steps=_sample_steps(inputs.get("SAMPLE_STEPS")))
     request.reference = parse_reference(inputs, decode_text, language)
     if request.reference is not None:
         try:
@@ -138,6 +142,15 @@ def parse(inputs: dict[str, object], limits: Limits | None = None) -> TTSRequest
     if problem:
         raise RequestError(f"TEXT: {problem}")
     return request
+
+
+def _sample_steps(raw) -> int | None:
+    value = scalar(raw, "SAMPLE_STEPS")
+    if value is None:
+        return None
+    if not 1 <= value <= MAX_SAMPLE_STEPS or value != int(value):
+        raise RequestError(f"SAMPLE_STEPS must be an integer in [1, {MAX_SAMPLE_STEPS}], got {value:g}")
+    return int(value)
 
 
 def _voice_version(raw) -> int | None:
