@@ -22,7 +22,7 @@ MEDIA_TYPES = ("wav", "raw", "ogg", "aac", "flac")
 MAX_TEXT_CHARS = 20000   # per gateway request; sent to tts in requests of at most tts's 2000
 MAX_AUX_REFS = 8
 #: fields upstream reads that mean nothing here: accepted (type-checked), then ignored
-IGNORED = ("batch_size", "batch_threshold", "split_bucket", "parallel_infer", "fragment_interval", "sample_steps",
+IGNORED = ("batch_size", "batch_threshold", "split_bucket", "parallel_infer", "fragment_interval",
            "super_sampling", "overlap_length", "min_chunk_length")
 
 
@@ -52,7 +52,7 @@ RANGES = {
     "top_k": Range(1, 1024), "top_p": Range(0.0, 1.0, low_open=True), "temperature": Range(0.0, 5.0, low_open=True),
     "repetition_penalty": Range(1.0, 3.0), "speed_factor": Range(0.25, 4.0), "seed": Range(-1, 2**63 - 1),
     "batch_size": Range(1, 1024), "batch_threshold": Range(0.0, 1.0), "fragment_interval": Range(0.0, 10.0),
-    "sample_steps": Range(1, 1000), "overlap_length": Range(0, 1000), "min_chunk_length": Range(0, 10000),
+    "sample_steps": Range(1, 64), "overlap_length": Range(0, 1000), "min_chunk_length": Range(0, 10000),
     "voice_version": Range(1, 2**31 - 1),
 }
 
@@ -167,6 +167,8 @@ class ApiV2Request:
                   "REPETITION_PENALTY": self.repetition_penalty, "SPEED": self.speed_factor}
         if self.seed >= 0:
             params["SEED"] = self.seed
+        if self.sample_steps is not None:
+            params["SAMPLE_STEPS"] = self.sample_steps  # v4 voices' CFM steps; v2 voices ignore it, as upstream
         return params
 
 

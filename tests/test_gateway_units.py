@@ -80,6 +80,14 @@ def test_defaults_are_upstreams():
     assert "SEED" not in req.tts_params() and req.tts_params()["TOP_K"] == 15
 
 
+def test_sample_steps_reaches_tts_for_v4_voices():
+    """upstream api_v2's sample_steps (default 32) is v4's CFM step count: sent on as SAMPLE_STEPS."""
+    assert ApiV2Request.from_json({"text": "x", "text_lang": "en"}).tts_params()["SAMPLE_STEPS"] == 32
+    assert ApiV2Request.from_json({"text": "x", "text_lang": "en", "sample_steps": 8}).tts_params()["SAMPLE_STEPS"] == 8
+    with pytest.raises(RequestError, match="sample_steps"):
+        ApiV2Request.from_json({"text": "x", "text_lang": "en", "sample_steps": 65}).validate()
+
+
 def test_query_strings_are_typed_like_upstreams():
     query = MultiDict([("text", "你好"), ("text_lang", "zh"), ("top_k", "5"), ("streaming_mode", "true"),
                        ("split_bucket", "false"), ("seed", "42"), ("aux_ref_audio_paths", "a.wav"),
