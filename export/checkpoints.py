@@ -819,9 +819,17 @@ def _declared_version(config: dict) -> str | None:
     return str(value) if value is not None else (str(config["version"]) if "version" in config else None)
 
 
+# Upstream tells its official pretrained files apart only by the md5 of their first 8192 bytes
+# (process_ckpt.hash_pretrained_dict); the official s2Gv4.pth need not say "v4" in its config.
+_OFFICIAL_MD5_8K = {"4f26b9476d0c5033e04162c486074374": "v4", "43797be674a37c1c83ee81081941ed0f": "v3"}
+
+
 def _read_v4_base(path: Path, version_hint: str | None) -> tuple[dict, dict, str, str]:
     data = _read_file(path)
     head = data[:2]
+    official = _OFFICIAL_MD5_8K.get(hashlib.md5(data[:8192]).hexdigest())
+    if official == "v3" or head == b"02":
+        raise CheckpointError(f"{path}: GPT-SoVITS v3 SoVITS files are not supported (v4 only: 48 kHz vocoder)")
     if head in (b"03", b"04"):
         raise CheckpointError(
             f"{path}: is a {UNSUPPORTED_HEADERS[head]} file, not a base model; pass it as the LoRA together with "
@@ -836,7 +844,7 @@ def _read_v4_base(path: Path, version_hint: str | None) -> tuple[dict, dict, str
     if not any(k.startswith("cfm.") for k in weights):
         raise CheckpointError(
             f"{path}: is a v2-family SoVITS file (no cfm.* weights), not a v4 base; use the v4 base s2Gv4.pth")
-    declared = _declared_version(config)
+    declared = "v4" if official == "v4" else _declared_version(config)
     if declared == "v3" or (declared != "v4" and version_hint == "v3"):
         raise CheckpointError(f"{path}: GPT-SoVITS v3 SoVITS files are not supported (v4 only: 48 kHz vocoder)")
     if declared != "v4" and version_hint != "v4":

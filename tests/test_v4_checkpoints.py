@@ -196,3 +196,29 @@ def test_vocoder_that_does_not_fit_the_generator_is_refused():
     strides = {k: v for k, v in voc.state_dict.items() if not k.startswith("ups.4.")}
     with pytest.raises(CheckpointError, match="do not fit upstream v4 strides"):
         build_vocoder(V4Vocoder(voc.path, strides, voc.sha256))
+
+
+def test_v3_full_model_header_is_refused(tmp_path):
+    path = _write(tmp_path / "v3full.pth", _load(_base()), b"02")  # upstream's header of a v3 full model
+    with pytest.raises(CheckpointError, match="v3 SoVITS files are not supported"):
+        read_sovits_v4(path)
+
+
+def test_official_base_is_known_by_its_hash(tmp_path, monkeypatch):
+    """Upstream knows the official s2Gv4.pth by the md5 of its first 8 KiB, not by its config."""
+    import hashlib
+
+    from export import checkpoints
+
+    obj = _load(_base())
+    obj["config"]["model"]["version"] = None
+    obj["config"].pop("version", None)
+    path = _write(tmp_path / "s2Gv4.pth", obj)
+    with pytest.raises(CheckpointError, match="cannot be told apart"):
+        read_sovits_v4(path)
+    md5 = hashlib.md5(path.read_bytes()[:8192]).hexdigest()
+    monkeypatch.setitem(checkpoints._OFFICIAL_MD5_8K, md5, "v4")
+    assert read_sovits_v4(path).version == "v4"
+    monkeypatch.setitem(checkpoints._OFFICIAL_MD5_8K, md5, "v3")
+    with pytest.raises(CheckpointError, match="v3 SoVITS files are not supported"):
+        read_sovits_v4(path)
