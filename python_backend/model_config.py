@@ -66,6 +66,7 @@ SAMPLING_INPUTS = [
     TensorSpec("NOISE_SCALE", "FP32", (1,), optional=True),
     TensorSpec("SPEED", "FP32", (1,), optional=True),
     TensorSpec("SEED", "INT64", (1,), optional=True),
+    TensorSpec("SAMPLE_STEPS", "INT32", (1,), optional=True),  # v4 voices: CFM Euler steps 1-64
 ]
 
 
