@@ -26,6 +26,10 @@ def plots(res: dict, out: Path) -> list[str]:
         ax.plot([c["concurrency"] for c in data["concurrency"]], [c["throughput"] for c in data["concurrency"]],
                 "-o", label=f"Triton {label}")
     ax.plot(cs, [base["throughput"]] * len(cs), ":s", label="baseline (eager torch, serial)")
+    for peer in res.get("peers") or []:
+        if "throughput" in peer:
+            ax.plot(cs, [peer["throughput"].get(str(c)) for c in cs], "-.d",
+                    label=f"{peer['name']} {peer['version']}{' (serial)' if peer.get('serial') else ''}")
     files.append(_save_plot(plt, fig, ax, out / "throughput_vs_concurrency.png", "audio seconds per wall second",
                             "Throughput vs concurrency"))
     return files

@@ -56,11 +56,14 @@ def prepare(cache: Path, size: str, int8: bool) -> dict:
 
 
 def _drop_stale(repo: Path, voice: str) -> None:
-    """Remove a cached export whose decode-step graph this code can no longer serve (older format)."""
+    """Remove a cached export this code can no longer serve: an older decode-step graph format, or a
+    manifest or voice config.pbtxt that the server's own preflight would refuse at load."""
     import onnx
 
     from python_backend import layout
     from python_backend.gpt_runner import GPTGraphError, check_step_format
+    from python_backend.manifest import ManifestError
+    from python_backend.validation import ValidationError, preflight
 
     vdir = layout.voice_dir(repo, voice)
     for v in layout.version_numbers(vdir):
@@ -69,7 +72,8 @@ def _drop_stale(repo: Path, voice: str) -> None:
             if step.is_file() else {}
         try:
             check_step_format(meta, str(step))
-        except GPTGraphError as exc:
+            preflight(vdir / str(v))
+        except (GPTGraphError, ValidationError, ManifestError) as exc:
             log(f"cached export {vdir.name}/{v} is stale ({exc}); re-exporting")
             shutil.rmtree(vdir)
             return

@@ -39,6 +39,43 @@ def _la(pair) -> str:
     return "—" if not pair else f"{pair[0][0]:.1f}→{pair[1][0]:.1f}"
 
 
+def peer_table(res: dict) -> list[str]:
+    """Markdown: the eager baseline, this project through Triton and each CPU peer, side by side (same
+    voice, token budget and run); single-stream RTF on the texts the peers were measured on."""
+    peers = res.get("peers") or []
+    if not peers:
+        return []
+    base, tri = res.get("baseline") or {}, res["triton"]["fp32"]
+    levels = [c["concurrency"] for c in tri["concurrency"]]
+    texts = next((p["texts"] for p in peers if "texts" in p), None)
+    label = f"single-stream RTF ({', '.join(texts)})" if texts else "single-stream RTF"
+    lines = ["## Peers (same voice, same token budget, same run)", "",
+             f"| pipeline | version | {label} | first audio (s) | "
+             + " | ".join(f"audio s/s at c={c}" for c in levels) + " |",
+             "| --- | --- | --- | --- |" + " --- |" * len(levels)]
+    measured = next((p for p in peers if "same_texts_rtf" in p), {})
+    same = measured.get("same_texts_rtf") or {}
+    if base:
+        lines.append(f"| upstream-style eager baseline (one at a time) | torch {base.get('torch', '')} | "
+                     f"{fmt(same.get('baseline', base.get('single_stream_rtf')), 3)} | {fmt(base.get('first_chunk_s'))} | "
+                     + " | ".join(fmt(base.get("throughput")) for _ in levels) + " |")
+    lines.append(f"| gsv-triton through Triton (fp32) | {res.get('commit') or 'this checkout'} | "
+                 f"{fmt(same.get('triton_fp32', tri.get('single_stream_rtf')), 3)} | {fmt(tri.get('first_chunk_s'))} "
+                 "(streaming) | " + " | ".join(fmt(c["throughput"]) for c in tri["concurrency"]) + " |")
+    for p in peers:
+        if "error" in p:
+            lines.append(f"| {p['name']} | {p.get('version') or '—'} | not measured: {p['error']} |"
+                         + " |" * (1 + len(levels)))
+            continue
+        lines.append(f"| {p['name']}{' (one at a time)' if p.get('serial') else ''} | {p['version']} | "
+                     f"{fmt(p['single_stream_rtf'], 3)} | {fmt(p.get('first_audio_s'))} | "
+                     + " | ".join(fmt(p["throughput"].get(str(c))) for c in levels) + " |")
+    lines += ["", "A pipeline that serves one request at a time makes the same audio seconds per second at every "
+              "concurrency. Genie-TTS runs its own ONNX graphs converted from the same .ckpt/.pth "
+              "(`bench/peer_genie.py` says how, and what it is not given).", ""]
+    return lines
+
+
 def write_reports(res: dict, out: Path) -> None:
     base, tri = res["baseline"], res["triton"]["fp32"]
     m = res["machine"]
@@ -84,6 +121,7 @@ def write_reports(res: dict, out: Path) -> None:
         None, 0)
     lines += ["", "Baseline latency at concurrency c is c × its single-request time (one request at a time, "
               "FIFO); its throughput is the same at every concurrency.", ""]
+    lines += peer_table(res)
     sw = res.get("swap") or {}
     if sw:
         lines += ["## Hot swap", "",
@@ -133,6 +171,10 @@ def write_reports(res: dict, out: Path) -> None:
               f"| first audio (s) | {fmt(base['first_chunk_s'])} | {fmt(tri.get('first_chunk_s'))} (streaming) | "
               f"{fmt(ratio(tri.get('first_chunk_s'), base['first_chunk_s']))}× |",
               f"| p99 during a hot swap / steady p99 | | {fmt(res.get('swap_p99_ratio'))} | |", ""]
+    if res.get("first_audio_ratio") is not None:
+        readme += [f"The first streamed chunk arrives after {fmt(res['first_audio_ratio'])}× the time of the whole "
+                   "non-streaming request for the same text (`first_audio_ratio`).", ""]
+    readme += peer_table(res)
     busy = _contended(res)
     if busy:
         readme += [f"Caveat: {busy}", ""]

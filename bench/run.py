@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.baseline import measure as run_baseline
-from bench.common import HERE, REF_TEXT, ROOT, TEXTS, TOP_K, log
+from bench.common import HERE, LOAD_TEXT, REF_TEXT, ROOT, TEXTS, TOP_K, log
 from bench.headline import headline
 from bench.plots import plots
 from bench.prepare import prepare
@@ -51,9 +51,13 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--swap-concurrency", type=int, default=4)
     p.add_argument("--pa-concurrency", default="1:4:3", help="perf_analyzer --concurrency-range")
     p.add_argument("--pa-requests", type=int, default=3, help="perf_analyzer requests per measurement window")
+    p.add_argument("--peers", default="genie", help="comma list of CPU peers to measure beside the baseline and "
+                   "Triton (genie: Genie-TTS, installed with pip install --target bench/.cache/genie-site genie-tts==2.0.2)")
+    p.add_argument("--genie-site", type=Path, help="the folder genie-tts was pip-installed into with --target "
+                   "(default bench/.cache/genie-site)")
     p.add_argument("--reuse", type=Path, help="an earlier latest.json: take its parts instead of measuring them again")
-    p.add_argument("--redo", default="", help="with --reuse: comma list of parts to measure again: baseline,triton,profile")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,perf_analyzer,swap,profile,frontend,reference")
+    p.add_argument("--redo", default="", help="with --reuse: comma list of parts to measure again: baseline,peers,triton,profile")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: baseline,peers,perf_analyzer,swap,profile,frontend,reference")
     p.add_argument("--readme", help="README whose performance section to rewrite (default: the "
                    "project README when --out is bench/results; pass --readme '' for none)")
     args = p.parse_args(argv)
@@ -69,7 +73,7 @@ def measure_parts(args, res: dict, prep: dict, reused: dict, redo: set, skip: se
     """Each part in turn (baseline, Triton, profile, text front end), or its figures from ``--reuse``."""
     if reused:
         res["reused_from"] = {"file": str(args.reuse), "generated_at": reused.get("generated_at"),
-                              "parts": sorted({"baseline", "triton", "profile"} - redo)}
+                              "parts": sorted({"baseline", "peers", "triton", "profile"} - redo)}
     if reused and "baseline" not in redo:
         res["baseline"] = reused["baseline"]
     elif "baseline" not in skip:
@@ -81,6 +85,10 @@ def measure_parts(args, res: dict, prep: dict, reused: dict, redo: set, skip: se
         res["baseline"] = None
     if res["baseline"]:
         log(f"baseline RTF {res['baseline']['single_stream_rtf']:.3f}, GPT {res['baseline']['gpt_tokens_per_s']:.1f} tok/s")
+    if reused and "peers" not in redo and "peers" in reused:
+        res["peers"] = reused["peers"]
+    elif "peers" not in skip:
+        res["peers"] = measure_peers(args, prep, out, levels)
     if reused and "triton" not in redo:
         for key in ("triton", "triton_idle_memory", "stub_rss_mb_idle", "perf_analyzer", "swap", "triton_final_memory",
                     "server_log_voice_lines", "triton_loadavg_before_after", "triton_foreign_cpu_share"):
@@ -102,6 +110,44 @@ def measure_parts(args, res: dict, prep: dict, reused: dict, redo: set, skip: se
         res["frontend"] = frontend_bench.measure()
 
 
+def measure_peers(args, prep: dict, out: Path, levels: list[int]) -> list[dict]:
+    """Each CPU peer on the same voice and token budget, in its own process; a peer that cannot run
+    here is recorded with the reason, never with figures."""
+    from bench import peer_genie
+
+    peers = []
+    for name in filter(None, args.peers.split(",")):
+        if name != "genie":
+            raise SystemExit(f"--peers {name!r}: unknown peer; known: genie")
+        before, foreign = list(os.getloadavg()), ForeignLoad()
+        log("peer: Genie-TTS (its own ONNX graphs converted from the same .ckpt/.pth), one request at a time")
+        texts = {k: v for k, v in TEXTS.items() if k.startswith("zh")}  # see bench/peer_genie.py: no English
+        work = (args.cache or HERE / ".cache" / args.size).resolve() / "peers"
+        work.mkdir(parents=True, exist_ok=True)
+        peer = peer_genie.measure(prep, work, args.tokens, texts, LOAD_TEXT, REF_TEXT, levels, args.repeats,
+                                  site=args.genie_site)
+        peer["loadavg_before_after"] = [before, list(os.getloadavg())]
+        peer["foreign_cpu_share"] = foreign.share()
+        log(f"  {peer['name']}: " + (f"RTF {peer['single_stream_rtf']:.3f}" if "error" not in peer
+                                      else f"not measured: {peer['error']}"))
+        peers.append(peer)
+    return peers
+
+
+def git_commit() -> str | None:
+    """The checkout's short commit (with ``+changes`` when the tree differs), for the report's version column."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+changes" if dirty else "")) or None
+
+
 def main(argv=None) -> int:
     args = get_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -110,7 +156,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache = (args.cache or HERE / ".cache" / args.size).resolve()
     command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
-    res: dict = {"machine": machine(), "size": args.size, "tokens": args.tokens, "command": command.strip(),
+    res: dict = {"machine": machine(), "commit": git_commit(), "size": args.size, "tokens": args.tokens,
+                 "command": command.strip(),
                  "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "texts": TEXTS, "top_k": TOP_K}
     t_all = time.perf_counter()
     loadavg_start = list(os.getloadavg())
