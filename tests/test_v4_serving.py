@@ -51,6 +51,43 @@ def prompt(built, stages):
         return stages.prompt(ref["prompts"], ref["phones"], ref["ge"], ref["mel"]), ref["ge"], ref["phones"]
 
 
+# --------------------------------------------------------------------------- bad exports
+
+
+def _tree(repo):
+    return sorted((str(p.relative_to(repo)), p.stat().st_size) for p in repo.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("lora_without_base", "base"),
+    ("wrong_vocoder", "vocoder"),
+    ("v2_base", "v4"),
+    ("fp16", "fp32 only"),
+    ("no_transcript", "reference-free"),
+])
+def test_bad_v4_exports_fail_in_one_line_and_leave_the_repository_untouched(built, case, needle, capsys):
+    from ops import cli
+
+    src, repo = built["v4"], built["repo"]
+    before = _tree(repo)
+    args = export_args(src, repo, "four")
+    extra = {
+        "lora_without_base": ["--vocoder", str(src / "vocoder.pth")],
+        "wrong_vocoder": ["--sovits-base", str(src / "s2Gv4.pth"), "--vocoder", str(src / "s2Gv4.pth")],
+        "v2_base": ["--vocoder", str(src / "vocoder.pth")],
+        "fp16": [*v4_extra(src), "--precision", "fp16"],
+        "no_transcript": [*v4_extra(src)],
+    }[case]
+    if case == "v2_base":
+        args[args.index("--sovits") + 1] = str(built["v2"] / "sovits.pth")
+    if case == "no_transcript":
+        args[args.index("--ref-text") + 1] = " "
+    assert cli.main(["export", *args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gsv-triton: error:") and len(err.splitlines()) == 1 and needle in err, err
+    assert _tree(repo) == before
+
+
 # --------------------------------------------------------------------------- scheduler
 
 
