@@ -64,6 +64,7 @@ def get_args(argv=None) -> argparse.Namespace:
     from ops.client import add_say_parser
     from ops.control import add_control_parser
     from ops.gateway import add_gateway_parser
+    from ops.perf import add_perf_parser
     from ops.server import add_serve_parser
     from ops.swap import add_swap_parsers
 
@@ -72,6 +73,7 @@ def get_args(argv=None) -> argparse.Namespace:
     add_swap_parsers(sub, _add_export_args)  # publish, rollback, canary, promote, versions
     add_control_parser(sub)
     add_gateway_parser(sub)
+    add_perf_parser(sub)
     quick = sub.add_parser("quickstart", help="demo voice -> export -> serve -> a WAV through tritonclient, in one go")
     quick.add_argument("--dir", type=Path, default=Path("quickstart"), help="working folder (demo files, repository, WAV)")
     quick.add_argument("--size", choices=["full", "tiny"], default="full")
@@ -169,6 +171,7 @@ def _delegate(module: str, name: str):
 COMMANDS.update({cmd: _delegate("ops.swap", f"cmd_{cmd}") for cmd in ("publish", "rollback", "canary", "promote", "versions")})
 COMMANDS["control"] = _delegate("ops.control", "cmd_control")
 COMMANDS["gateway"] = _delegate("ops.gateway", "cmd_gateway")
+COMMANDS["perf"] = _delegate("ops.perf", "cmd_perf")
 
 
 def main(argv=None) -> int:
