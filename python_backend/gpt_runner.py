@@ -156,7 +156,7 @@ class GPTRunner:
         self.step_sess.run_with_iobinding(io)
         logits, new_k, new_v = io.get_outputs()
         cache.append_on_device(self._appender, new_k, new_v)
-        return logits.numpy()
+        return np.array(logits.numpy(), copy=True)  # owned: the bound output's buffer goes with the binding
 
     # ------------------------------------------------------------ decode loop
     def generate(self, phones, bert, prompts, top_k: int = 15, top_p: float = 1.0, temperature: float = 1.0,

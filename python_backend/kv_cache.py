@@ -34,7 +34,9 @@ APPEND_OPSET = 17
 
 def append_graph(n_layer: int) -> bytes:
     """``k_out_<i> = k_<i>`` with ``new_k[i]`` written at column ``col`` (ScatterElements, axis 2),
-    the same for ``v``: run with ``k_out_<i>`` bound to the buffer of ``k_<i>`` it updates in place."""
+    the same for ``v``: run with ``k_out_<i>`` bound to the buffer of ``k_<i>`` it updates in place
+    (onnxruntime's CPU and CUDA ScatterElements copy data to output only when they are different
+    buffers, so the write is one column, not a copy of the cache)."""
     dims = ["batch", "heads", "capacity", "head_dim"]
     new_dims = ["layers", "batch", "heads", 1, "head_dim"]
     inputs = [helper.make_tensor_value_info("col", TensorProto.INT64, []),
