@@ -68,10 +68,10 @@ def test_served_figures_and_hot_swap(dry_run):
 
 
 def test_tensorrt_profile_covers_every_dynamic_input(dry_run):
-    from bench.gpu_check import _profile
+    from bench.gpu_engines import trt_profile
 
     vocoder = next(dry_run[1].glob("repo/voice_gpu/*/vocoder.onnx"))
-    profile = _profile(vocoder, 16, (16, 1000, 3000))
+    profile = trt_profile(vocoder, 16, (16, 1000, 3000))
     assert set(profile) == {"trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"}
     max_shapes = dict(item.split(":") for item in profile["trt_profile_max_shapes"].split(","))
     assert max_shapes["latent"].startswith("16x") and max_shapes["latent"].endswith("x3000")
