@@ -34,6 +34,13 @@ token and the vocoder ``hop`` (640) samples per frame, so one token is 1280 samp
 holdback``; it decodes ``[s - left_context, generated)`` (left context so the start is not
 cold; the ``holdback`` tokens as right context) and emits only the samples of ``[s, e)``:
 ``[(s - c0) * 1280, (e - c0) * 1280)`` of the chunk's audio, ``c0 = max(0, s - left_context)``.
+The vocoder does not redo the whole left context: SoVITS needs it (its encoder attends over
+the chunk), the vocoder only its receptive field, so each row's latent is cut to start
+``vocoder_context`` frames before the frame holding the first emitted sample (the graph's
+``vocoder_batch_tail_samples`` rounded up to frames: about 11 frames, 5.5 tokens). A
+convolution stack's output farther than its reach from the cut equals the uncut run's, so the
+emitted samples equal the uncut schedule's to float rounding while a 25-token chunk vocodes
+about 67 latent frames instead of 72 (``stats["vocoder_frames"]`` counts them).
 The final chunk decodes ``[s - left_context, N)`` and emits the rest, so the stream's total
 length equals a non-stream decode of the same tokens (``N * 1280`` at speed 1). At speed != 1
 a chunk's latent has ``int(2 * n / speed) + 1`` frames and the sample boundary of token ``t``
@@ -362,13 +369,16 @@ class VoiceEngine:
 
     ``max_batch``: most rows in the GPT batch and in one SoVITS/vocoder call.
     ``stream_first_tokens`` / ``stream_chunk_tokens`` / ``left_context`` / ``holdback``: the
-    streaming chunk schedule (module doc). ``threads``: onnxruntime intra-op threads per
+    streaming chunk schedule (module doc); ``vocoder_context``: latent frames the vocoder sees
+    left of a chunk's first emitted sample (None: the graph's receptive field, exact; a huge
+    value: the whole decoded left context). ``threads``: onnxruntime intra-op threads per
     session (0: its default). ``ignore_eos``: benchmark mode, every request runs to its budget.
     """
 
     def __init__(self, version_dir: str | Path, max_batch: int = 16, stream_first_tokens: int = 10,
                  stream_chunk_tokens: int = 25, threads: int = 0, left_context: int = 8, holdback: int = 3,
-                 ignore_eos: bool = False, max_queued: int = 512, max_rows_per_request: int | None = None):
+                 ignore_eos: bool = False, max_queued: int = 512, max_rows_per_request: int | None = None,
+                 vocoder_context: int | None = None):
         if max_batch < 1 or stream_first_tokens <= holdback or stream_chunk_tokens < 1:
             raise ValueError(f"max_batch={max_batch} stream_first_tokens={stream_first_tokens} "
                              f"stream_chunk_tokens={stream_chunk_tokens} holdback={holdback}: need max_batch >= 1, "
@@ -404,6 +414,10 @@ class VoiceEngine:
             self.hop = int(self.vocoder.metadata.get("hop", self.manifest.hop_length))
             self.samples_per_token = LATENT_FRAMES_PER_TOKEN * self.hop
             self.channels = int(self.sovits.metadata.get("latent_channels", 192))
+            tail = self.vocoder.metadata.get("vocoder_batch_tail_samples")
+            if vocoder_context is None:  # no metadata: keep the whole decoded left context
+                vocoder_context = -(-int(tail) // self.hop) if tail else LATENT_FRAMES_PER_TOKEN * left_context
+        self.vocoder_context = max(0, int(vocoder_context or 0))
         with np.load(self.folder / "reference.npz") as ref:
             self.ref_phones = ref["phones"].astype(np.int64).reshape(-1)
             self.ref_bert = ref["bert"].astype(np.float32)
@@ -426,7 +440,8 @@ class VoiceEngine:
         self._intake = _FairIntake()
         self._jobs: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
-        self.stats = collections.Counter()  # steps, step_rows, max_rows, prefills, sovits_batches, sovits_rows
+        # steps, step_rows, max_rows, prefills, sovits_batches, sovits_rows, vocoder_frames (valid latent frames vocoded)
+        self.stats = collections.Counter()
         self.seconds = collections.Counter()  # graph time: prefill, step, sampling, sovits, vocoder
         self._threads = [
             threading.Thread(target=self._decode_loop, name="gsv-gpt", daemon=True),
@@ -755,20 +770,36 @@ class VoiceEngine:
                               phones=phones, phone_lengths=np.array([len(j.r.req.phones) for j in jobs], np.int64),
                               ge=ge, noise=noise, speed=np.array([speed], np.float32))
         t1 = time.perf_counter()
-        wav = self.vocoder.run(latent=lat["latent"], ge=ge)["wav"]
+        lengths = [int(n) for n in lat["latent_lengths"]]
+        cuts = [self._vocoder_cut(j, speed) for j in jobs]
+        latent = lat["latent"]
+        if any(cuts):  # each row from its cut; zeros past its length keep the vocoder's row mask
+            latent = np.zeros((b, latent.shape[1], max(n - c for n, c in zip(lengths, cuts))), np.float32)
+            for row, (n, c) in enumerate(zip(lengths, cuts)):
+                latent[row, :, : n - c] = lat["latent"][row, :, c:n]
+        wav = self.vocoder.run(latent=latent, ge=ge)["wav"]
         self.seconds["sovits"] += t1 - t0
         self.seconds["vocoder"] += time.perf_counter() - t1
         self.stats["sovits_batches"] += 1
         self.stats["sovits_rows"] += b
+        self.stats["vocoder_frames"] += sum(n - c for n, c in zip(lengths, cuts))
         for row, (i, j) in enumerate(zip(todo, jobs)):
-            full = wav[row, : int(lat["latent_lengths"][row]) * self.hop]
-            out[i] = self._emit_range(j, full, speed)
+            full = wav[row, : (lengths[row] - cuts[row]) * self.hop]
+            out[i] = self._emit_range(j, full, speed, cuts[row] * self.hop)
         return out
 
-    def _emit_range(self, j: _Job, full: np.ndarray, speed: float) -> np.ndarray:
-        """The samples of tokens [s, e) inside a decode of tokens [c0, ...) (see module doc)."""
+    def _vocoder_cut(self, j: _Job, speed: float) -> int:
+        """Leading latent frames of a chunk's decode the vocoder may skip: all but
+        ``vocoder_context`` frames before the frame of its first emitted sample."""
         per = self.samples_per_token / speed
-        base = round(j.c0 * per)
+        start = round(j.s * per) - round(j.c0 * per)
+        return max(0, start // self.hop - self.vocoder_context)
+
+    def _emit_range(self, j: _Job, full: np.ndarray, speed: float, skipped: int = 0) -> np.ndarray:
+        """The samples of tokens [s, e) inside a decode of tokens [c0, ...) whose first
+        ``skipped`` samples were not vocoded (see module doc)."""
+        per = self.samples_per_token / speed
+        base = round(j.c0 * per) + skipped
         start = round(j.s * per) - base
         if j.e is not None:
             return np.ascontiguousarray(full[start: round(j.e * per) - base])

@@ -283,6 +283,60 @@ def test_stream_speed_total_length(long_engine):
     assert c_s.audio.shape == c_f.audio.shape == (latent_frames(h_s.tokens.size, 0.8) * 640,)
 
 
+# The vocoder sees only its receptive field left of a chunk's emitted span, not SoVITS's whole
+# left context. Cutting the latent there changes the emitted samples by float rounding only
+# (observed 4e-7 on the tiny voice); a cut inside the receptive field shows up at 1e-4 and more.
+SCHEDULE_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def uncut_engine(version_dir):
+    """The schedule before the vocoder cut: every chunk vocodes its whole decoded left context."""
+    eng = VoiceEngine(version_dir, max_batch=8, ignore_eos=True, vocoder_context=10**6)
+    yield eng
+    eng.close(timeout=60)
+
+
+def _stream_frames(engine, req):
+    before = engine.stats["vocoder_frames"]
+    handle, col = run(engine, req)
+    return handle, col, engine.stats["vocoder_frames"] - before
+
+
+def _expected_cut(engine, chunks) -> int:
+    """Latent frames the vocoder skips at speed 1: per chunk, the decoded left context beyond
+    ``vocoder_context`` frames (chunk k starts at s = tokens of the chunks before it)."""
+    skipped, s = 0, 0
+    for c in chunks:
+        skipped += max(0, 2 * min(s, engine.left_context) - engine.vocoder_context)
+        s += c.tokens
+    return skipped
+
+
+@pytest.mark.parametrize("speed", [1.0, 0.8])
+def test_stream_vocoder_cut_equals_uncut_schedule(long_engine, uncut_engine, speed, record_property):
+    req = dict(data_seed=31, seed=5, max_tokens=250, stream=True, speed=speed)
+    h_new, c_new, f_new = _stream_frames(long_engine, make_request(25, **req))
+    h_old, c_old, f_old = _stream_frames(uncut_engine, make_request(25, **req))
+    np.testing.assert_array_equal(h_new.tokens, h_old.tokens)
+    assert [c.audio.size for c in c_new.chunks] == [c.audio.size for c in c_old.chunks]
+    assert c_new.audio.size == latent_frames(h_new.tokens.size, speed) * 640
+    np.testing.assert_allclose(c_new.audio, c_old.audio, rtol=0, atol=SCHEDULE_ATOL)
+    emitted = c_new.audio.size / 640
+    record_property(f"vocoder_frames_per_emitted_frame_{speed}", f_new / emitted)
+    record_property(f"uncut_vocoder_frames_per_emitted_frame_{speed}", f_old / emitted)
+    assert 0 < long_engine.vocoder_context < 2 * long_engine.left_context
+    if speed == 1.0:
+        assert f_old - f_new == _expected_cut(long_engine, c_new.chunks) > 0
+    else:
+        assert f_new < f_old
+
+
+def test_non_stream_vocodes_each_frame_once(engine):
+    h, c, frames = _stream_frames(engine, make_request(12, data_seed=32, seed=1, max_tokens=60))
+    assert frames == latent_frames(h.tokens.size, 1.0) == c.audio.size // 640
+
+
 # --------------------------------------------------------------------------- cancel, budget, errors
 
 
