@@ -150,19 +150,24 @@ def _engine_batch(engine, phones, bert, tokens: int, steps: int, concurrency: in
             "seconds": spent, "finish": [h.finish_reason for h in handles]}
 
 
-def measure(size: str, steps_list: list[int], concurrency: list[int], tokens: int, skip_eager: bool = False) -> dict:
+def measure(size: str, steps_list: list[int], concurrency: list[int], tokens: int, skip_eager: bool = False,
+            per_steps: dict[int, list[int]] | None = None, on_row=None) -> dict:
+    """``per_steps``: concurrency levels for a step count (default ``concurrency``); ``on_row(result)``
+    after each step count, so a long run keeps what it measured."""
     from python_backend.voice_engine import VoiceEngine
 
     prep = prepare(size)
     phones, bert = _sentence()
     load_before = os.getloadavg()
     out = {"size": size, "tokens": tokens, "text": LOAD_TEXT, "machine": machine(), "steps": {}}
-    engine = VoiceEngine(prep["version_dir"], max_batch=max(concurrency), ignore_eos=True)
+    levels = {s: (per_steps or {}).get(s, concurrency) for s in steps_list}
+    engine = VoiceEngine(prep["version_dir"], max_batch=max(max(v) for v in levels.values()), ignore_eos=True)
     eager = None if skip_eager else Eager(prep)
     try:
         _engine_batch(engine, phones, bert, min(tokens, 20), 1, 1, 0)  # warm-up, not counted
         for steps in steps_list:
             row: dict = {"engine": {}, "eager": None}
+            concurrency = levels[steps]
             for c in concurrency:
                 log(f"v4 engine: {steps} steps, concurrency {c}")
                 row["engine"][str(c)] = _engine_batch(engine, phones, bert, tokens, steps, c, 100)
@@ -176,6 +181,9 @@ def measure(size: str, steps_list: list[int], concurrency: list[int], tokens: in
             top = row["engine"][str(concurrency[-1])]
             row["engine_profile_s_per_audio_s"] = {k: v / top["audio_s"] for k, v in top["seconds"].items()}
             out["steps"][str(steps)] = row
+            out["load_average"] = {"before": load_before, "after": os.getloadavg()}
+            if on_row is not None:
+                on_row(out)
     finally:
         engine.close(60)
     out["load_average"] = {"before": load_before, "after": os.getloadavg()}
@@ -185,15 +193,14 @@ def measure(size: str, steps_list: list[int], concurrency: list[int], tokens: in
 def report(res: dict) -> str:
     lines = [f"# v4 on CPU ({res['size']} demo voice, {res['tokens']} tokens = {res['tokens'] / 25:.1f} s per request)",
              "", f"Machine: {res['machine']}. Load average before/after: {res['load_average']}.", "",
-             "| steps | eager RTF | engine RTF (c=1) | engine/eager | " +
-             " | ".join(f"throughput c={c}" for c in next(iter(res['steps'].values()))['engine']) + " | eager throughput |",
-             "|---|---|---|---|" + "---|" * (len(next(iter(res['steps'].values()))['engine']) + 1)]
+             "| steps | eager RTF | engine RTF (c=1) | engine/eager | engine throughput by concurrency (audio s/s) "
+             "| eager throughput (any concurrency) |", "|---|---|---|---|---|---|"]
     for steps, row in res["steps"].items():
         eager = row["eager"]
         cells = [steps, f"{eager['rtf']:.2f}" if eager else "-", f"{row['engine_single_stream_rtf']:.2f}",
-                 f"{row.get('rtf_ratio', float('nan')):.2f}"]
-        cells += [f"{r['throughput']:.3f}" for r in row["engine"].values()]
-        cells.append(f"{eager['throughput']:.3f}" if eager else "-")
+                 f"{row.get('rtf_ratio', float('nan')):.2f}",
+                 ", ".join(f"c={c}: {r['throughput']:.3f}" for c, r in row["engine"].items()),
+                 f"{eager['throughput']:.3f}" if eager else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Where the engine's time goes at the highest concurrency (seconds of each stage per audio second; "
               "stages overlap across threads):", ""]
@@ -208,15 +215,22 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=["full", "tiny"], default="full")
     p.add_argument("--steps", default="8,32", help="CFM steps to measure, comma-separated")
     p.add_argument("--concurrency", default="1,2,4,8")
+    p.add_argument("--concurrency-for", action="append", default=[], metavar="STEPS=C1,C2",
+                   help="other concurrency levels for one step count, e.g. 32=1,2 (repeatable)")
     p.add_argument("--tokens", type=int, default=100, help="tokens per request (25 per audio second)")
     p.add_argument("--skip-eager", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
-    res = measure(args.size, [int(s) for s in args.steps.split(",")], [int(c) for c in args.concurrency.split(",")],
-                  args.tokens, args.skip_eager)
+    per_steps = {int(k): [int(c) for c in v.split(",")] for k, v in (item.split("=", 1) for item in args.concurrency_for)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "v4.json").write_text(json.dumps(res, indent=1))
-    (args.out / "v4.md").write_text(report(res))
+
+    def save(res: dict) -> None:
+        (args.out / "v4.json").write_text(json.dumps(res, indent=1))
+        (args.out / "v4.md").write_text(report(res))
+
+    res = measure(args.size, [int(s) for s in args.steps.split(",")], [int(c) for c in args.concurrency.split(",")],
+                  args.tokens, args.skip_eager, per_steps, on_row=save)
+    save(res)
     print(report(res))
     return 0
 
