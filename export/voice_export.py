@@ -68,6 +68,7 @@ class ExportOptions:
     upstream_text: Path | None = None
     precision: str = "fp32"
     int8_decode: bool = False
+    vocoder_int8_min_snr: float | None = None  #: int8 vocoder with this wav SNR floor (dB) against fp32; None: fp32
     providers: str = ""  #: "STAGE=PROVIDER,..." (``python_backend.providers.ProviderPlan.parse``)
     progress: bool = True
     vocoder: Path | None = None  #: v4: the vocoder state dict (upstream gsv-v4-pretrained/vocoder.pth)
@@ -81,6 +82,7 @@ class ExportOptions:
             ref_lang=args.ref_lang, voice=args.voice, repo=args.repo, version=args.version, label=args.label,
             hubert=args.hubert, bert=args.bert, sv_emb=args.sv_emb, sv_model=args.sv_model, g2pw=args.g2pw,
             upstream_text=args.upstream_text, precision=args.precision, int8_decode=args.int8_decode,
+            vocoder_int8_min_snr=args.vocoder_int8_min_snr if getattr(args, "vocoder_int8", False) else None,
             providers=getattr(args, "providers", "") or "", progress=not args.no_progress,
             vocoder=getattr(args, "vocoder", None), sovits_base=getattr(args, "sovits_base", None))
 
@@ -263,6 +265,8 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
 def export_voice(opts: ExportOptions) -> Path:
     """Run the whole export; returns the published version folder."""
     if opts.vocoder is not None or opts.sovits_base is not None:
+        if opts.vocoder_int8_min_snr is not None:
+            raise InputError("--vocoder-int8 quantizes a v2 vocoder graph; drop it for a v4 voice (--vocoder/--sovits-base)")
         from export.v4_export import export_v4_voice
 
         return export_v4_voice(opts)
@@ -304,8 +308,9 @@ def export_voice(opts: ExportOptions) -> Path:
         quality = {"fp32": metrics}
         bar.update(1)
         bar.set_description("precision")
-        quality.update(precision_mod.apply(staged.path, opts.precision, opts.int8_decode, sample, metrics))
-        tolerances = precision_mod.tolerances(opts.precision, opts.int8_decode)
+        quality.update(precision_mod.apply(staged.path, opts.precision, opts.int8_decode, sample, metrics,
+                                           opts.vocoder_int8_min_snr))
+        tolerances = precision_mod.tolerances(opts.precision, opts.int8_decode, opts.vocoder_int8_min_snr)
         bar.update(1)
         bar.set_description("write version")
         sample.save(staged.path)

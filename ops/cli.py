@@ -34,6 +34,11 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                    help="GPT-SoVITS's GPT_SoVITS/text folder: upstream's dictionaries (once per repository)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--int8-decode", action="store_true", help="int8 dynamic quantization of the GPT decode step (CPU)")
+    p.add_argument("--vocoder-int8", action="store_true",
+                   help="v2: int8 static quantization of the vocoder's convolutions (CPU), kept only when its wav "
+                        "keeps --vocoder-int8-min-snr against the fp32 vocoder")
+    p.add_argument("--vocoder-int8-min-snr", type=float, default=30.0, metavar="DB",
+                   help="worst-latent wav SNR (dB) against fp32 an int8 vocoder must keep (default 30)")
     p.add_argument("--providers", default="", metavar="STAGE=PROVIDER,...",
                    help="execution provider per stage (gpt_prefill, gpt_step, sovits, vocoder, bert, ssl, sv; "
                         "all=X for every stage): auto (default: CUDA if available, else CPU), cpu, cuda, "
