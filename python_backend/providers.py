@@ -34,6 +34,7 @@ CHOICES = ("auto", "cpu", "cuda", "tensorrt", "tensorrt_fp32")
 #: graph file -> the stage whose choice it follows (the reference graphs run with SoVITS)
 GRAPH_STAGE = {"gpt_prefill.onnx": "gpt_prefill", "gpt_step.onnx": "gpt_step", "sovits.onnx": "sovits",
                "vocoder.onnx": "vocoder", "prompt_codes.onnx": "sovits", "speaker.onnx": "sovits",
+               "encoder.onnx": "sovits", "cfm_step.onnx": "sovits",  # v4: decode_encp and the CFM step
                "bert.onnx": "bert", "ssl.onnx": "ssl", "sv.onnx": "sv"}
 PLAN_FILE = "providers.json"  # a shared model version's choice (voices keep theirs in manifest.json)
 MANIFEST_KEY = "providers"

@@ -183,6 +183,8 @@ def _run(engine, req):
 def test_engine_validates_and_serves_48k(engine):
     metrics = validation.validate(engine)
     assert metrics["wav_snr_db"] > 40 and engine.sample_rate == 48000
+    # the v4 graphs follow the version's "sovits" provider choice (python_backend.providers)
+    assert engine.v4.encoder.resolution.stage == engine.v4.cfm.resolution.stage == "sovits"
     whole = _run(engine, _request(seed=4, sample_steps=2))
     streamed = _run(engine, _request(seed=4, sample_steps=2, stream=True))
     assert whole[-1].final and whole[-1].error is None
