@@ -332,6 +332,27 @@ def test_stream_vocoder_cut_equals_uncut_schedule(long_engine, uncut_engine, spe
         assert f_new < f_old
 
 
+def test_cut_rows_batch_like_solo(long_engine):
+    """Chunks with different cuts (and a whole decode) in one sovits/vocoder batch: each row's
+    samples equal its solo run (the vocoder masks each row past its own cut latent)."""
+    from python_backend.voice_engine import RequestGroup, RequestHandle, _Job, _Request
+    engine = long_engine
+    req = make_request(25, data_seed=33, seed=4, max_tokens=90, stream=True)
+    h, _ = run(engine, req)
+    r = _Request(req, lambda c: None, RequestHandle(0, h.seed), 90, RequestGroup(), list(h.tokens))
+    codes = np.asarray(h.tokens, np.int64)
+    jobs = [_Job(r, codes[24:60], 24, 32, 57, False), _Job(r, codes[0:10], 0, 0, 7, False),
+            _Job(r, codes[49:], 49, 57, None, True), _Job(r, codes[4:35], 4, 7, 32, False)]
+    assert [engine._vocoder_cut(j, 1.0) for j in jobs] == [max(0, 2 * (j.s - j.c0) - engine.vocoder_context)
+                                                          for j in jobs]
+    assert len({engine._vocoder_cut(j, 1.0) for j in jobs}) > 1
+    together = engine._vocode(jobs)
+    for j, wav in zip(jobs, together):
+        alone = engine._vocode([j])[0]
+        assert wav.shape == alone.shape == (((j.e or codes.size) - j.s) * 1280,)
+        np.testing.assert_allclose(wav, alone, rtol=0, atol=SCHEDULE_ATOL)  # observed 1e-6
+
+
 def test_non_stream_vocodes_each_frame_once(engine):
     h, c, frames = _stream_frames(engine, make_request(12, data_seed=32, seed=1, max_tokens=60))
     assert frames == latent_frames(h.tokens.size, 1.0) == c.audio.size // 640
