@@ -1,23 +1,14 @@
 """Triton adapters of the ``tts`` and ``tts_stream`` BLS models (thin: logic in tts_pipeline).
 
-Concurrency is safe on Triton 2.51 by construction: in one stub process at most one thread is
-inside a call into Triton at a time (``triton_common.STUB_IPC``), and ``tts`` never needs two.
+``execute`` hands each request to a worker thread and returns at once; the worker answers
+through the request's response sender (tested on 2.51 for both model kinds), so one model
+instance serves many requests concurrently and the voice model can batch them.
 
-``tts`` (whole utterance): each instance (``instance_group`` count in ``model_repository/tts``,
-one stub process each) serves ONE request at a time inside ``execute``; N instances put N
-requests into the voice engine together, and Triton's queue (``max_queue_size``, rejecting
-beyond it with UNAVAILABLE) bounds the rest. A BLS exec into the decoupled voice returns only
-with its first response (a whole sentence here) and holds the stub's lock meanwhile, but that
-lock is the instance's own, so other requests run in the other instances.
-
-``tts_stream`` (chunks): ``execute`` hands each request to a worker thread and returns at
-once; at most ``GSV_MAX_IN_FLIGHT`` requests are in progress (more answer UNAVAILABLE). Its
-first voice response is a short first chunk, so its exec holds the lock only that long.
-
-Both: the text's sentences are checked against the work limits (``python_backend.limits``)
-before any BLS call, and a watcher thread polls the requests in progress for Triton's
-cancellation (a gRPC client that timed out or went away): the voice model is told to drop the
-request (CANCEL) so its decode slots free up.
+Bounded: at most ``GSV_MAX_IN_FLIGHT`` requests per model (more answer UNAVAILABLE at once,
+nothing queues without bound), the text's sentences are checked against the work limits
+(``python_backend.limits``) before any BLS call, and a watcher thread polls every request
+in progress for Triton's cancellation (a gRPC client that timed out or went away): the voice
+model is told to drop the request (CANCEL), streaming or not, so its decode slots free up.
 """
 from __future__ import annotations
 
@@ -112,12 +103,6 @@ def _version(model: str, pinned: int | None = None) -> int:
     return CURRENT
 
 
-def _instance_index(args: dict) -> int:
-    """The index of this instance in its group ("tts_0_2" -> 2; 0 when Triton does not say)."""
-    tail = str(args.get("model_instance_name", "")).rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
 class _Watch:
     """A request in progress, for the cancellation watcher: where its voice request runs."""
 
@@ -202,13 +187,8 @@ class _BLS:
         LOG.info("[tts] text front end: g2pw=%s parity=%s", status["g2pw"], status["parity"])
         # Chinese and English load at start (about 7 s); ja/ko/yue on first use unless listed here
         langs = tuple(x for x in os.environ.get("GSV_TEXT_WARMUP", "zh").split(",") if x in frontend.WARMUP_TEXTS)
-        self.warm = threading.Event()
-        if self.stream or _instance_index(args) == 0:
-            frontend.warmup(langs or ("zh",))  # the model is ready when its first instance can serve
-            self.warm.set()
-        else:  # further tts instances warm up after the load (N warm-ups at once made loads N times slower)
-            threading.Thread(target=self._warm_up, args=(langs or ("zh",),), name="tts-warmup", daemon=True).start()
-        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts") if self.stream else None
+        frontend.warmup(langs or ("zh",))
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
         self.ref_cache = cache_from_env()
         self.cache_metrics = CacheMetrics(args["model_name"])
         self.limits = Limits.from_env()
@@ -220,7 +200,6 @@ class _BLS:
         self.watcher.start()
 
     def execute(self, requests):
-        """Hand each request to a worker thread; at most ``max_in_flight`` in progress."""
         for request in requests:
             sender = request.get_response_sender()
             with self.lock:
@@ -235,15 +214,6 @@ class _BLS:
             inputs = _inputs(request)
             self.pool.submit(self._serve_guarded, request, sender, inputs)
         return None
-
-    def _warm_up(self, langs: tuple[str, ...]) -> None:
-        """Load the text front end in the background (pure Python: no call into Triton)."""
-        try:
-            frontend.warmup(langs)
-        except Exception as exc:  # noqa: BLE001 - requests then load what they need themselves
-            LOG.warning("[tts] text front end warm-up failed: %s", exc)
-        finally:
-            self.warm.set()
 
     # ---- cancellation: a client that is gone frees its voice slots -----------------------
     def _watch(self, request, model: str) -> _Watch:
@@ -283,15 +253,14 @@ class _BLS:
                 except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one request
                     LOG.warning("[tts] cancellation check of %s failed: %s", watch.rid, exc)
 
-    def _serve_guarded(self, request, sender, inputs, counted: bool = True):
+    def _serve_guarded(self, request, sender, inputs):
         try:
             self._serve(request, sender, inputs)
         except Exception as exc:  # exactly one final response per request, errors included
             send(sender, pb_utils.InferenceResponse(error=_error(exc)), flags=FINAL)
         finally:
-            if counted:
-                with self.lock:
-                    self.in_flight -= 1
+            with self.lock:
+                self.in_flight -= 1
 
     def _max_tokens(self, inputs) -> int | None:
         raw = inputs.get("MAX_TOKENS")
@@ -320,23 +289,13 @@ class _BLS:
         return value
 
     def finalize(self):
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)  # drain: in-flight requests finish before the model goes
+        self.pool.shutdown(wait=True)  # drain: in-flight requests finish before the model goes
         self.stopping.set()
         self.watcher.join(5)
 
 
 class TTSModel(_BLS):
-    """``tts``: the whole utterance in one response; one request at a time per instance."""
-
-    def execute(self, requests):
-        """Serve each request here, in Triton's thread for this instance: the instance is busy
-        (Triton gives the next request to another instance, or queues it) until it answered.
-        No worker threads: only this thread and the cancellation watcher call into Triton."""
-        self.warm.wait()  # a request given to an instance still warming up waits for it
-        for request in requests:
-            self._serve_guarded(request, request.get_response_sender(), _inputs(request), counted=False)
-        return None
+    """``tts``: the whole utterance in one response."""
 
     def _serve(self, request, sender, inputs):
         req = parse(inputs, self.limits)
