@@ -23,15 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.errors import CheckpointError
+from export.sovits_model import _count
 
 DIM_HEAD = 64  # upstream DiT(dim_head=64); heads = inner_dim / 64
 TEXT_MAX_POS = 4096  # TextEmbedding.precompute_max_pos
 PREFIX = "cfm.estimator."
-
-
-def _count(state: dict, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state for m in [rx.match(k)] if m})
 
 
 @dataclass(frozen=True)

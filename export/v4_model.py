@@ -14,26 +14,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from export.checkpoints import V4Sovits
 from export.errors import CheckpointError
-from export.sovits_model import (IGNORED_SUFFIXES, MRTE_HEADS, REF_ENC_BINS, SSL_DIM, EncoderConfig,
-                                 MelStyleEncoder, Quantizer, SovitsConfig, TextEncoder, WN, _fold_weight_norm,
-                                 _rename, interpolate_rows, sequence_mask)
+from export.sovits_model import (IGNORED_SUFFIXES, REF_ENC_BINS, SSL_DIM, WN, EncoderConfig, MelStyleEncoder,
+                                 Quantizer, SovitsConfig, TextEncoder, _count, _fold_weight_norm, _rename,
+                                 interpolate_rows, sequence_mask)
 from export.v4_cfm import CFM, DiTConfig
 from python_backend import mel_v4
 
 FRAMES_PER_CODE = 4  # 25 Hz codes -> 100 Hz CFM frames
 IGNORED_KEYS = ("enc_p.proj.weight", "enc_p.proj.bias", "linear_mel.weight", "linear_mel.bias")
-
-
-def _count(state: dict, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state for m in [rx.match(k)] if m})
 
 
 def _encoder_config(sd: dict, name: str, hidden: int, label: str) -> EncoderConfig:

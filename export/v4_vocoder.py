@@ -11,7 +11,6 @@ state dict still carrying ``weight_g``/``weight_v`` is folded; any other key mis
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -20,17 +19,12 @@ from torch import nn
 
 from export.checkpoints import V4Vocoder
 from export.errors import CheckpointError
-from export.sovits_model import LRELU_SLOPE, ResBlock1, _fold_weight_norm, sequence_mask
+from export.sovits_model import LRELU_SLOPE, ResBlock1, _count, _fold_weight_norm, sequence_mask
 
 UPSAMPLE_RATES = (10, 6, 2, 2, 2)
 RESBLOCK_DILATIONS = (1, 3, 5)
 SAMPLE_RATE = 48000
 HOP = math.prod(UPSAMPLE_RATES)  # 480 samples per mel frame
-
-
-def _count(state: dict, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state for m in [rx.match(k)] if m})
 
 
 @dataclass(frozen=True)
