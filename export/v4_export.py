@@ -15,8 +15,6 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
@@ -24,22 +22,20 @@ from export import text_resources
 from export.checkpoints import Checkpoint, V4Sovits, V4Vocoder, read_gpt, read_sovits_v4, read_vocoder_v4
 from export.errors import InputError
 from export.gpt_model import GPT, gpt_graph_specs
-from export.onnx_io import OPSET, export_graph
+from export.onnx_io import export_graph
 from export.repository import StagedVersion
-from export.shared_models import ensure_shared
 from export.v4_model import build_v4
 from export.v4_pipeline import synthesize as torch_synthesize
 from export.v4_stages import STAGES as V4_STAGES
 from export.v4_stages import v4_graph_specs
 from export.v4_vocoder import SAMPLE_RATE, build_vocoder
-from export.voice_export import (EXPORTER_VERSION, VOICE_MODEL_PY, ExportOptions, _graph_entries_for, _provider_plan,
-                                 _torch_golden, _write_shared_plans, reference_data)
+from export.voice_export import (VOICE_MODEL_PY, ExportOptions, _graph_entries_for, _provider_plan, _torch_golden,
+                                 manifest_common, publish_version, reference_data, shared_setup)
 from python_backend import golden as golden_mod
-from python_backend import history, layout, mel_v4
+from python_backend import layout, mel_v4
 from python_backend.audio import AudioError, load_reference
-from python_backend.manifest import HASHED_FILES, Reference, SourceFile, VoiceManifest, config_entry, file_entry
+from python_backend.manifest import Reference, SourceFile, VoiceManifest
 from python_backend.model_config import voice_model_spec
-from python_backend.text import frontend
 from python_backend.text.frontend import LANGUAGES, TextError, reference_phones
 from python_backend.v4_synthesis import V4Stages, chunk_noise
 from python_backend.gpt_runner import GPTRunner
@@ -112,15 +108,7 @@ def export_v4_voice(opts: ExportOptions) -> Path:
     """Run the whole v4 export; returns the published version folder."""
     gpt_ckpt, sovits_ckpt, vocoder_ckpt = _preflight(opts)
     bar = tqdm(total=6, desc="export v4", disable=not opts.progress, unit="step")
-    shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar, opts.sv_model, need_sv=False)
-    if opts.upstream_text is not None:
-        text_resources.install_upstream_text(opts.repo, opts.upstream_text)
-    if opts.g2pw is not None:
-        text_resources.install_g2pw(opts.repo, opts.g2pw, shared.vocab)
-    text_status = frontend.configure_from_repo(opts.repo)
-    plan = _provider_plan(opts)
-    _write_shared_plans(shared, plan)
-    bar.update(1)
+    shared, text_status, plan = shared_setup(opts, bar, need_sv=False)
     bar.set_description("load torch models")
     gpt, model, vocoder = GPT.from_checkpoint(gpt_ckpt), build_v4(sovits_ckpt).eval(), build_vocoder(vocoder_ckpt).eval()
     bar.update(1)
@@ -182,20 +170,10 @@ def export_v4_voice(opts: ExportOptions) -> Path:
                    "dit_depth": dit.depth, "fea_channels": model.cfg.fea_channels,
                    "vocoder_channels": vocoder.cfg.channels,
                    **({"lora_rank": sovits_ckpt.lora.rank} if sovits_ckpt.lora is not None else {})},
-            tools={"exporter": EXPORTER_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
-                   "onnxruntime": ort.__version__, "opset": str(OPSET),
-                   "shared_ssl": str(shared.ssl.relative_to(opts.repo)),
-                   "shared_bert": str(shared.bert.relative_to(opts.repo))},
             quality={"fp32": metrics, "golden_cfm_steps": GOLDEN_STEPS},
-            text_frontend={k: text_status[k] for k in ("g2pw", "parity", "upstream_files")},
-            files={name: file_entry(staged.path / name) for name in HASHED_FILES},
-            config=config_entry(spec.render()),
-            providers=plan.voice_part(),
+            **manifest_common(opts, staged.path, shared, text_status, spec, plan),
         )
-        manifest.validate()
-        manifest.write(staged.path)
-        target = staged.publish(spec)
-        history.append(opts.repo, history.Event(opts.voice, staged.version, "staged", label=manifest.label))
+        target = publish_version(opts, staged, manifest, spec)
         bar.update(1)
     bar.close()
     return target

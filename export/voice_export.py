@@ -273,15 +273,7 @@ def export_voice(opts: ExportOptions) -> Path:
     gpt_ckpt, sovits_ckpt = _preflight(opts)
     bar = tqdm(total=7, desc="export", disable=not opts.progress, unit="step")
     is_pro = sovits_ckpt.version in ("v2Pro", "v2ProPlus")
-    shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar, opts.sv_model, need_sv=is_pro and opts.sv_emb is None)
-    if opts.upstream_text is not None:
-        text_resources.install_upstream_text(opts.repo, opts.upstream_text)
-    if opts.g2pw is not None:
-        text_resources.install_g2pw(opts.repo, opts.g2pw, shared.vocab)
-    text_status = frontend.configure_from_repo(opts.repo)
-    plan = _provider_plan(opts)
-    _write_shared_plans(shared, plan)
-    bar.update(1)
+    shared, text_status, plan = shared_setup(opts, bar, need_sv=is_pro and opts.sv_emb is None)
     bar.set_description("load torch models")
     gpt, sovits = GPT.from_checkpoint(gpt_ckpt), build_sovits(sovits_ckpt)
     bar.update(1)
@@ -332,22 +324,54 @@ def export_voice(opts: ExportOptions) -> Path:
             golden_file=golden_mod.GOLDEN_FILE, tolerances=tolerances,
             sizes={"gpt_layers": gpt.cfg.n_layer, "gpt_width": gpt.cfg.d_model, "gpt_heads": gpt.cfg.n_head,
                    "gin_channels": sovits.cfg.gin_channels, "eos": gpt.cfg.eos},
-            tools={"exporter": EXPORTER_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
-                   "onnxruntime": ort.__version__, "opset": str(OPSET),
-                   "shared_ssl": str(shared.ssl.relative_to(opts.repo)), "shared_bert": str(shared.bert.relative_to(opts.repo)),
-                   **({"shared_sv": str(shared.sv.relative_to(opts.repo))} if ref.sv_source.get("source") == layout.SV_MODEL else {})},
             quality=quality,
-            text_frontend={k: text_status[k] for k in ("g2pw", "parity", "upstream_files")},
-            files={name: file_entry(staged.path / name) for name in HASHED_FILES},
-            config=config_entry(spec.render()),
-            providers=plan.voice_part(),
+            **manifest_common(opts, staged.path, shared, text_status, spec, plan,
+                              with_sv=ref.sv_source.get("source") == layout.SV_MODEL),
         )
-        manifest.validate()
-        manifest.write(staged.path)
-        target = staged.publish(spec)
-        history.append(opts.repo, history.Event(opts.voice, staged.version, "staged", label=manifest.label))
+        target = publish_version(opts, staged, manifest, spec)
         bar.update(1)
     bar.close()
+    return target
+
+
+def shared_setup(opts: ExportOptions, bar, need_sv: bool):
+    """The repository's shared models and text resources installed (once per repository), the text
+    front end configured from them, and the provider plan: (shared, text_status, plan)."""
+    shared = ensure_shared(opts.repo, opts.hubert, opts.bert, bar, opts.sv_model, need_sv=need_sv)
+    if opts.upstream_text is not None:
+        text_resources.install_upstream_text(opts.repo, opts.upstream_text)
+    if opts.g2pw is not None:
+        text_resources.install_g2pw(opts.repo, opts.g2pw, shared.vocab)
+    text_status = frontend.configure_from_repo(opts.repo)
+    plan = _provider_plan(opts)
+    _write_shared_plans(shared, plan)
+    bar.update(1)
+    return shared, text_status, plan
+
+
+def manifest_common(opts: ExportOptions, folder: Path, shared, text_status: dict, spec, plan: ProviderPlan,
+                    with_sv: bool = False) -> dict:
+    """The manifest fields every kind of voice version fills the same way: tools, text front end,
+    file hashes, the config as exported, providers."""
+    return {
+        "tools": {"exporter": EXPORTER_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": ort.__version__, "opset": str(OPSET),
+                  "shared_ssl": str(shared.ssl.relative_to(opts.repo)),
+                  "shared_bert": str(shared.bert.relative_to(opts.repo)),
+                  **({"shared_sv": str(shared.sv.relative_to(opts.repo))} if with_sv else {})},
+        "text_frontend": {k: text_status[k] for k in ("g2pw", "parity", "upstream_files")},
+        "files": {name: file_entry(folder / name) for name in HASHED_FILES},
+        "config": config_entry(spec.render()),
+        "providers": plan.voice_part(),
+    }
+
+
+def publish_version(opts: ExportOptions, staged: StagedVersion, manifest: VoiceManifest, spec) -> Path:
+    """Validate and write the manifest, rename the staged version in, record it as staged."""
+    manifest.validate()
+    manifest.write(staged.path)
+    target = staged.publish(spec)
+    history.append(opts.repo, history.Event(opts.voice, staged.version, "staged", label=manifest.label))
     return target
 
 
