@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export import text_resources
 from export.checkpoints import Checkpoint, V4Sovits, V4Vocoder, read_gpt, read_sovits_v4, read_vocoder_v4
 from export.errors import InputError
 from export.gpt_model import GPT, gpt_graph_specs
@@ -30,13 +29,13 @@ from export.v4_stages import STAGES as V4_STAGES
 from export.v4_stages import v4_graph_specs
 from export.v4_vocoder import SAMPLE_RATE, build_vocoder
 from export.voice_export import (VOICE_MODEL_PY, ExportOptions, _graph_entries_for, _provider_plan, _torch_golden,
-                                 manifest_common, publish_version, reference_data, shared_setup)
+                                 check_pair, check_reference_inputs, check_target, manifest_common,
+                                 publish_version, reference_data, shared_setup)
 from python_backend import golden as golden_mod
 from python_backend import layout, mel_v4
-from python_backend.audio import AudioError, load_reference
+from python_backend.audio import load_reference
 from python_backend.manifest import Reference, SourceFile, VoiceManifest
 from python_backend.model_config import voice_model_spec
-from python_backend.text.frontend import LANGUAGES, TextError, reference_phones
 from python_backend.v4_synthesis import V4Stages, chunk_noise
 from python_backend.gpt_runner import GPTRunner
 from python_backend.validation import check_audio
@@ -44,20 +43,6 @@ from python_backend.validation import check_audio
 GOLDEN_STEPS = 4  # Euler steps of the golden wav (the kit's; the load reruns them on every version)
 GOLDEN_SEED = 0
 GRAPHS = ("gpt_prefill", "gpt_step") + V4_STAGES
-
-
-def check_pair_v4(gpt: Checkpoint, sovits: V4Sovits) -> None:
-    """The GPT and the v4 SoVITS model share the phone table and the semantic codebook."""
-    sd = sovits.state_dict
-    gpt_phones = gpt.state_dict["ar_text_embedding.word_embeddings.weight"].shape[0]
-    sovits_phones = sd["enc_p.text_embedding.weight"].shape[0]
-    if gpt_phones != sovits_phones:
-        raise InputError(f"GPT ({gpt.path.name}) has {gpt_phones} phones but SoVITS ({sovits.path.name}) has "
-                         f"{sovits_phones}; they are not one voice")
-    codebook = sd["quantizer.vq.layers.0._codebook.embed"].shape[0]
-    vocab = gpt.state_dict["ar_audio_embedding.word_embeddings.weight"].shape[0]
-    if vocab != codebook + 1:
-        raise InputError(f"GPT has {vocab} semantic tokens but SoVITS's codebook has {codebook} (+EOS expected)")
 
 
 def _preflight(opts: ExportOptions) -> tuple[Checkpoint, V4Sovits, V4Vocoder]:
@@ -68,12 +53,7 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, V4Sovits, V4Vocoder]:
     if opts.precision != "fp32" or opts.int8_decode:
         raise InputError(f"--precision {opts.precision}{' --int8-decode' if opts.int8_decode else ''}: v4 voices "
                          "export in fp32 only for now")
-    if not Path(opts.repo).is_dir():
-        raise InputError(f"--repo {opts.repo}: folder not found; create it first (mkdir -p)")
-    if opts.version is not None and (layout.voice_dir(opts.repo, opts.voice) / str(opts.version)).exists():
-        raise InputError(f"voice {opts.voice} version {opts.version} already exists; versions are immutable")
-    if opts.ref_lang not in LANGUAGES:
-        raise InputError(f"--ref-lang {opts.ref_lang!r}: use one of {', '.join(LANGUAGES)}")
+    check_target(opts)
     if not opts.ref_text.strip():
         raise InputError("--ref-text is empty: upstream's v4 path has no reference-free mode; give the transcript")
     gpt = read_gpt(opts.gpt)
@@ -82,16 +62,8 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, V4Sovits, V4Vocoder]:
     else:
         sovits = read_sovits_v4(opts.sovits)
     vocoder = read_vocoder_v4(opts.vocoder, sovits)
-    check_pair_v4(gpt, sovits)
-    try:
-        load_reference(opts.ref_audio)
-        reference_phones(opts.ref_text, opts.ref_lang, g2pw=None)
-        if opts.g2pw is not None:
-            text_resources.check_g2pw_folder(opts.g2pw)
-        if opts.upstream_text is not None:
-            text_resources.check_upstream_text(opts.upstream_text)
-    except (AudioError, TextError) as exc:
-        raise InputError(str(exc)) from None
+    check_pair(gpt, sovits)
+    check_reference_inputs(opts)
     return gpt, sovits, vocoder
 
 

@@ -100,8 +100,8 @@ class ReferenceData:
 
 
 
-def check_pair(gpt: Checkpoint, sovits: Checkpoint) -> None:
-    """A GPT and a SoVITS model must share the phone table to be one voice."""
+def check_pair(gpt: Checkpoint, sovits) -> None:
+    """A GPT and a SoVITS model (v2 family or v4) must share the phone table and codebook to be one voice."""
     gpt_phones = gpt.state_dict["ar_text_embedding.word_embeddings.weight"].shape[0]
     sovits_phones = sovits.state_dict["enc_p.text_embedding.weight"].shape[0]
     if gpt_phones != sovits_phones:
@@ -241,15 +241,26 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
     _provider_plan(opts)
     if opts.precision not in precision_mod.PRECISIONS:
         raise InputError(f"--precision {opts.precision!r}: choose one of {precision_mod.PRECISIONS}")
+    check_target(opts)
+    gpt_ckpt, sovits_ckpt = read_gpt(opts.gpt), read_sovits(opts.sovits)
+    check_pair(gpt_ckpt, sovits_ckpt)
+    _check_speaker_inputs(opts, sovits_ckpt.version)
+    check_reference_inputs(opts)
+    return gpt_ckpt, sovits_ckpt
+
+
+def check_target(opts: ExportOptions) -> None:
+    """The repository exists, the version number is free, the transcript's language mode is known."""
     if not Path(opts.repo).is_dir():
         raise InputError(f"--repo {opts.repo}: folder not found; create it first (mkdir -p)")
     if opts.version is not None and (layout.voice_dir(opts.repo, opts.voice) / str(opts.version)).exists():
         raise InputError(f"voice {opts.voice} version {opts.version} already exists; versions are immutable")
     if opts.ref_lang not in LANGUAGES:
         raise InputError(f"--ref-lang {opts.ref_lang!r}: use one of {', '.join(LANGUAGES)}")
-    gpt_ckpt, sovits_ckpt = read_gpt(opts.gpt), read_sovits(opts.sovits)
-    check_pair(gpt_ckpt, sovits_ckpt)
-    _check_speaker_inputs(opts, sovits_ckpt.version)
+
+
+def check_reference_inputs(opts: ExportOptions) -> None:
+    """The reference clip and transcript read, and the text resource folders given are usable."""
     try:
         load_reference(opts.ref_audio)
         reference_phones(opts.ref_text, opts.ref_lang, g2pw=None)   # readable at all (G2PW comes later)
@@ -259,7 +270,6 @@ def _preflight(opts: ExportOptions) -> tuple[Checkpoint, Checkpoint]:
             text_resources.check_upstream_text(opts.upstream_text)
     except (AudioError, TextError) as exc:
         raise InputError(str(exc)) from None
-    return gpt_ckpt, sovits_ckpt
 
 
 def export_voice(opts: ExportOptions) -> Path:
