@@ -227,19 +227,45 @@ def free_ports(count: int = 3) -> list[int]:
             s.close()
 
 
-def static_repository() -> Path:
-    """The project's own models (``tts``, ``tts_stream``), served beside the user's repository."""
+def static_repository(tts_instances: int | None = None, cache_dir: Path | None = None) -> Path:
+    """The project's own models (``tts``, ``tts_stream``), served beside the user's repository.
+
+    ``tts_instances`` other than the checked-in count: a copy under ``cache_dir`` whose ``tts``
+    config has that many instances (each a stub process with its own text front end)."""
+    from python_backend.model_config import TTS_INSTANCES, tts_model_spec
+
     folder = Path(__file__).resolve().parent.parent / "model_repository"
     if not (folder / "tts" / "config.pbtxt").is_file():
         raise ServerError(f"{folder}: the tts models are missing; install gsv-triton from its source folder (pip install -e .)")
-    return folder
+    if tts_instances is None or tts_instances == TTS_INSTANCES:
+        return folder
+    try:
+        config = tts_model_spec(tts_instances).render()
+    except ValueError as exc:
+        raise ServerError(f"--tts-instances: {exc}") from None
+    out = Path(cache_dir or default_cache_dir()) / f"model_repository-tts{tts_instances}"
+    if out.is_dir() and (out / "tts" / "config.pbtxt").read_text() == config \
+            and all((out / m / "1" / "model.py").read_bytes() == (folder / m / "1" / "model.py").read_bytes()
+                    for m in ("tts", "tts_stream")):
+        return out
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp / "tts" / "config.pbtxt").write_text(config)
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another server made it meanwhile: the same content
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                    host: str = "127.0.0.1", load_models: list[str] | str = "*", extra_args=(),
                    cache_dir: Path | None = None, install: TritonInstall | None = None,
-                   admin_key: str | None = None) -> tuple[list[str], dict]:
-    """argv and environment that start tritonserver on ``repo``.
+                   admin_key: str | None = None, tts_instances: int | None = None) -> tuple[list[str], dict]:
+    """argv and environment that start tritonserver on ``repo`` (``tts_instances``: see
+    ``static_repository``).
 
     ``load_models``: "*" loads every visible model of the repository (one ``--load-model``
     each); a list loads those; an empty list starts with nothing loaded. The admin APIs are
@@ -251,7 +277,7 @@ def server_command(repo: Path, http_port: int = 8000, grpc_port: int = 8001, met
     repo = Path(repo).resolve()
     if not repo.is_dir():
         raise ServerError(f"model repository {repo} not found")
-    static = static_repository()
+    static = static_repository(tts_instances, cache_dir)
     if load_models == "*":
         clash = set(repository_models(repo)) & set(repository_models(static))
         if clash:
@@ -305,7 +331,7 @@ class TritonProcess:
     def __init__(self, repo: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                  host: str = "127.0.0.1", models: list[str] | str = "*", extra_args=(),
                  log_path: Path | str | None = None, cache_dir: Path | None = None, exit_timeout: int = 30,
-                 admin_key: str | None = None):
+                 admin_key: str | None = None, tts_instances: int | None = None):
         self.repo = Path(repo)
         if not self.repo.is_dir():
             raise ServerError(f"model repository {self.repo} not found")
@@ -316,7 +342,7 @@ class TritonProcess:
             extra_args.append(f"--exit-timeout-secs={exit_timeout}")
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.argv, self.env = server_command(repo, http_port, grpc_port, metrics_port, host, models, extra_args, cache_dir,
-                                            admin_key=self.admin_key)
+                                            admin_key=self.admin_key, tts_instances=tts_instances)
         self.models = [a.split("=", 1)[1] for a in self.argv if a.startswith("--load-model=")]
         # log_path "-": inherit this process's stdout/stderr; None: a temporary file.
         if log_path is None:
@@ -538,6 +564,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="key for Triton's admin APIs (load/unload, repository index, config, shared memory, logging, "
                         "trace, statistics), sent as the gsv-admin-key header; default: $GSV_ADMIN_KEY, else "
                         "REPO/.gsv/admin-key (a random one is written there, mode 0600)")
+    p.add_argument("--tts-instances", type=int, default=None, metavar="N",
+                   help="non-streaming requests served together by tts, one stub process each "
+                        "(default 4; about 0.6 GiB each, more with a full-size G2PW model)")
     p.add_argument("--print-docker", action="store_true", help="print the equivalent official-container command and exit")
     limits = p.add_argument_group("work limits (python_backend.limits; passed to the models as environment variables)")
     limits.add_argument("--max-sentences", type=int, help="sentences per request (default 100)")
@@ -572,7 +601,7 @@ def cmd_serve(args) -> int:
         os.environ.update(limits_env(args))  # TritonProcess gives the server this process's environment
         server = TritonProcess(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.host, models,
                                args.triton_args, log_path=args.log_file, exit_timeout=args.exit_timeout,
-                               admin_key=args.admin_key)
+                               admin_key=args.admin_key, tts_instances=args.tts_instances)
     except (ServerError, admin.AdminKeyError) as exc:
         print(f"gsv-triton: error: {exc}", file=sys.stderr)
         return 2

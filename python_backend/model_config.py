@@ -38,6 +38,7 @@ class ModelSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     latest_versions: int | None = 1  # None: policy "all" (keeps every version folder loaded)
     specific_versions: tuple[int, ...] | None = None  # set: policy "specific" (a canary beside the active version)
+    max_queue_size: int | None = None  # set: Triton queues at most this many requests, rejects more (UNAVAILABLE)
 
     def render(self) -> str:
         parts = [f'name: "{self.name}"', 'backend: "python"', f"max_batch_size: {self.max_batch_size}"]
@@ -53,6 +54,9 @@ class ModelSpec:
             policy = f"latest {{ num_versions: {self.latest_versions} }}"
         parts.append(f"version_policy: {{ {policy} }}")
         parts.append(f"instance_group [\n  {{\n    count: {self.instance_count}\n    kind: KIND_CPU\n  }}\n]")
+        if self.max_queue_size is not None:
+            parts.append("dynamic_batching {\n  default_queue_policy {\n"
+                         f"    max_queue_size: {self.max_queue_size}\n  }}\n}}")
         for key, value in sorted(self.parameters.items()):
             parts.append(f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')
         return "\n".join(parts) + "\n"
@@ -148,9 +152,22 @@ TTS_OUTPUTS = [
 ]
 
 
-def tts_model_spec() -> ModelSpec:
-    """Text in, the whole utterance out (HTTP or gRPC)."""
-    return ModelSpec(name="tts", inputs=list(TTS_INPUTS), outputs=list(TTS_OUTPUTS))
+# ``tts`` serves one request per instance (a stub process each, about 0.6 GiB with the text front
+# end): this many requests reach the voice engine together; Triton queues up to TTS_QUEUE more
+# and answers UNAVAILABLE beyond (bench/results/concurrency_design.md has the measurements).
+TTS_INSTANCES = 4
+TTS_QUEUE = 256
+
+
+MAX_TTS_INSTANCES = 64
+
+
+def tts_model_spec(instances: int = TTS_INSTANCES) -> ModelSpec:
+    """Text in, the whole utterance out (HTTP or gRPC); ``instances`` requests served together."""
+    if not 1 <= instances <= MAX_TTS_INSTANCES:
+        raise ValueError(f"tts instances must be within 1-{MAX_TTS_INSTANCES}, got {instances}")
+    return ModelSpec(name="tts", inputs=list(TTS_INPUTS), outputs=list(TTS_OUTPUTS),
+                     instance_count=instances, max_queue_size=TTS_QUEUE)
 
 
 def tts_stream_model_spec() -> ModelSpec:

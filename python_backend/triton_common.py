@@ -33,6 +33,12 @@ def error_response(message: str, code) -> "pb_utils.InferenceResponse":
 STUB_IPC = threading.RLock()
 
 
+# A BLS request parameter: the voice model then sends an empty non-final response about every
+# voice_engine.TICK_S while the request runs, so a caller blocked on the next response (``tts``,
+# one thread per stub) looks at its own client's cancellation that often.
+HEARTBEAT_PARAMETER = "gsv_heartbeat"
+
+
 def send(sender, response=None, flags: int = 0) -> None:
     with STUB_IPC:
         if response is None:

@@ -1,14 +1,27 @@
 """Triton adapters of the ``tts`` and ``tts_stream`` BLS models (thin: logic in tts_pipeline).
 
-``execute`` hands each request to a worker thread and returns at once; the worker answers
-through the request's response sender (tested on 2.51 for both model kinds), so one model
-instance serves many requests concurrently and the voice model can batch them.
+Concurrency is safe on Triton 2.51 by construction: in one stub process at most one thread is
+inside a call into Triton at a time (``triton_common.STUB_IPC``), and ``tts`` never has two
+threads that call into Triton at all.
 
-Bounded: at most ``GSV_MAX_IN_FLIGHT`` requests per model (more answer UNAVAILABLE at once,
-nothing queues without bound), the text's sentences are checked against the work limits
-(``python_backend.limits``) before any BLS call, and a watcher thread polls every request
-in progress for Triton's cancellation (a gRPC client that timed out or went away): the voice
-model is told to drop the request (CANCEL), streaming or not, so its decode slots free up.
+``tts`` (whole utterance): each instance (``instance_group`` count in ``model_repository/tts``,
+one stub process each) serves ONE request at a time inside ``execute``, in Triton's thread for
+the instance, and checks cancellation there after each voice response (sentences, and the
+heartbeats the voice sends about every half second for it); N instances put N requests
+into the voice engine together, and Triton's queue (``max_queue_size``, rejecting beyond it
+with UNAVAILABLE) bounds the rest. A BLS exec into the decoupled voice returns only with its
+first response (a whole sentence here) and holds the stub's lock meanwhile, but that lock is
+the instance's own, so other requests run in the other instances.
+
+``tts_stream`` (chunks): ``execute`` hands each request to a worker thread and returns at
+once; at most ``GSV_MAX_IN_FLIGHT`` requests are in progress (more answer UNAVAILABLE). Its
+first voice response is a short first chunk, so its exec holds the lock only that long. A
+watcher thread polls its requests for Triton's cancellation (a gRPC client that timed out or
+went away) while they wait for a chunk.
+
+Both: the text's sentences are checked against the work limits (``python_backend.limits``)
+before any BLS call, and a cancelled request's voice request is dropped (CANCEL) so its
+decode slots free up.
 """
 from __future__ import annotations
 
@@ -28,7 +41,7 @@ from python_backend.model_config import TTS_INPUTS
 from python_backend.routing import CURRENT, RoutingTable
 
 from python_backend.text import frontend
-from python_backend.triton_common import CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, model_ready, send
+from python_backend.triton_common import HEARTBEAT_PARAMETER, CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, model_ready, send
 from python_backend.tts_request import INVALID_ARG, NOT_FOUND, RequestError, parse
 
 LOG = logging.getLogger("gsv.tts")
@@ -103,6 +116,12 @@ def _version(model: str, pinned: int | None = None) -> int:
     return CURRENT
 
 
+def _instance_index(args: dict) -> int:
+    """The index of this instance in its group ("tts_0_2" -> 2; 0 when Triton does not say)."""
+    tail = str(args.get("model_instance_name", "")).rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 class _Watch:
     """A request in progress, for the cancellation watcher: where its voice request runs."""
 
@@ -118,7 +137,9 @@ class _Watch:
         self.done = False
 
 
-def _voice(model: str, inputs: dict[str, np.ndarray], pinned: int | None = None, watch: _Watch | None = None):
+def _voice(model: str, inputs: dict[str, np.ndarray], pinned: int | None = None, watch: _Watch | None = None,
+           heartbeat: bool = False):
+    """The voice's chunks (``heartbeat``: with an empty one about every half second as well)."""
     if not model_ready(model):
         raise RequestError(f"voice {model.removeprefix('voice_')!r} is not loaded", NOT_FOUND)
     version = _version(model, pinned)
@@ -127,7 +148,8 @@ def _voice(model: str, inputs: dict[str, np.ndarray], pinned: int | None = None,
     req = pb_utils.InferenceRequest(
         model_name=model, model_version=version,
         requested_output_names=["AUDIO", "SAMPLE_RATE", "VOICE_VERSION", "FINISH_REASON"],
-        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
+        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+        parameters={HEARTBEAT_PARAMETER: True} if heartbeat else {})
     for resp in bls_exec(req, decoupled=True):
         if resp.has_error():
             err = resp.error()
@@ -142,8 +164,8 @@ def _voice(model: str, inputs: dict[str, np.ndarray], pinned: int | None = None,
             yield chunk
 
 
-def _pinned_voice(req, watch: _Watch | None = None):
-    return lambda model, inputs: _voice(model, inputs, req.voice_version, watch)
+def _pinned_voice(req, watch: _Watch | None = None, heartbeat: bool = False):
+    return lambda model, inputs: _voice(model, inputs, req.voice_version, watch, heartbeat)
 
 
 def _cancel(model: str, version: int, request_id: str) -> None:
@@ -187,8 +209,13 @@ class _BLS:
         LOG.info("[tts] text front end: g2pw=%s parity=%s", status["g2pw"], status["parity"])
         # Chinese and English load at start (about 7 s); ja/ko/yue on first use unless listed here
         langs = tuple(x for x in os.environ.get("GSV_TEXT_WARMUP", "zh").split(",") if x in frontend.WARMUP_TEXTS)
-        frontend.warmup(langs or ("zh",))
-        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts")
+        self.warm = threading.Event()
+        if self.stream or _instance_index(args) == 0:
+            frontend.warmup(langs or ("zh",))  # the model is ready when its first instance can serve
+            self.warm.set()
+        else:  # further tts instances warm up after the load (N warm-ups at once made loads N times slower)
+            threading.Thread(target=self._warm_up, args=(langs or ("zh",),), name="tts-warmup", daemon=True).start()
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tts") if self.stream else None
         self.ref_cache = cache_from_env()
         self.cache_metrics = CacheMetrics(args["model_name"])
         self.limits = Limits.from_env()
@@ -196,10 +223,13 @@ class _BLS:
         self.in_flight = 0
         self.watched: dict[str, _Watch] = {}
         self.stopping = threading.Event()
-        self.watcher = threading.Thread(target=self._watch_loop, name="tts-cancel", daemon=True)
-        self.watcher.start()
+        self.watcher = None
+        if self.stream:  # tts checks cancellation itself, in execute's thread (TTSModel)
+            self.watcher = threading.Thread(target=self._watch_loop, name="tts-cancel", daemon=True)
+            self.watcher.start()
 
     def execute(self, requests):
+        """Hand each request to a worker thread; at most ``max_in_flight`` in progress."""
         for request in requests:
             sender = request.get_response_sender()
             with self.lock:
@@ -214,6 +244,15 @@ class _BLS:
             inputs = _inputs(request)
             self.pool.submit(self._serve_guarded, request, sender, inputs)
         return None
+
+    def _warm_up(self, langs: tuple[str, ...]) -> None:
+        """Load the text front end in the background (pure Python: no call into Triton)."""
+        try:
+            frontend.warmup(langs)
+        except Exception as exc:  # noqa: BLE001 - requests then load what they need themselves
+            LOG.warning("[tts] text front end warm-up failed: %s", exc)
+        finally:
+            self.warm.set()
 
     # ---- cancellation: a client that is gone frees its voice slots -----------------------
     def _watch(self, request, model: str) -> _Watch:
@@ -253,14 +292,15 @@ class _BLS:
                 except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one request
                     LOG.warning("[tts] cancellation check of %s failed: %s", watch.rid, exc)
 
-    def _serve_guarded(self, request, sender, inputs):
+    def _serve_guarded(self, request, sender, inputs, counted: bool = True):
         try:
             self._serve(request, sender, inputs)
         except Exception as exc:  # exactly one final response per request, errors included
             send(sender, pb_utils.InferenceResponse(error=_error(exc)), flags=FINAL)
         finally:
-            with self.lock:
-                self.in_flight -= 1
+            if counted:
+                with self.lock:
+                    self.in_flight -= 1
 
     def _max_tokens(self, inputs) -> int | None:
         raw = inputs.get("MAX_TOKENS")
@@ -289,28 +329,46 @@ class _BLS:
         return value
 
     def finalize(self):
-        self.pool.shutdown(wait=True)  # drain: in-flight requests finish before the model goes
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # drain: in-flight requests finish before the model goes
         self.stopping.set()
-        self.watcher.join(5)
+        if self.watcher is not None:
+            self.watcher.join(5)
 
 
 class TTSModel(_BLS):
-    """``tts``: the whole utterance in one response."""
+    """``tts``: the whole utterance in one response; one request at a time per instance.
+
+    Exactly one thread of this stub calls into Triton: Triton's thread for this instance, which
+    runs ``execute``. No worker threads and no watcher: the voice sends a heartbeat (an empty
+    response) about every half second besides its sentences, and cancellation is checked here
+    after each response, so a client that went away is noticed within about half a second."""
+
+    def execute(self, requests):
+        """Serve each request here: the instance is busy (Triton gives the next request to
+        another instance, or queues it) until it answered."""
+        self.warm.wait()  # a request given to an instance still warming up waits for it
+        for request in requests:
+            self._serve_guarded(request, request.get_response_sender(), _inputs(request), counted=False)
+        return None
 
     def _serve(self, request, sender, inputs):
+        import uuid
+
         req = parse(inputs, self.limits)
-        watch = self._watch(request, f"voice_{req.voice}")
-        try:
-            chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req, watch), stream=False,
-                                             max_tokens=self._max_tokens(inputs), request_id=watch.rid,
-                                             reference=self._reference)
-            utt = tts_pipeline.collect(chunks)
-        finally:
-            self._unwatch(watch)
-        if watch.cancelled:
-            send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                "cancelled by the client", pb_utils.TritonError.CANCELLED)), flags=FINAL)
-            return
+        model, rid = f"voice_{req.voice}", uuid.uuid4().hex
+        chunks = tts_pipeline.synthesize(req, _bert, _pinned_voice(req, heartbeat=True), stream=False,
+                                         max_tokens=self._max_tokens(inputs), request_id=rid,
+                                         reference=self._reference)
+        utt = tts_pipeline.Utterance()
+        for chunk in chunks:  # sentences and heartbeats
+            if is_cancelled(request):  # the client went away: the voice drops the rest
+                LOG.info("[tts] request %s cancelled by the client; telling %s to drop it", rid, model)
+                _cancel(model, chunk.version, rid)
+                send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "cancelled by the client", pb_utils.TritonError.CANCELLED)), flags=FINAL)
+                return
+            utt.add(chunk)
         send(sender, _outputs(utt.joined(), utt.sample_rate, utt.version, ",".join(utt.finish_reasons)), flags=FINAL)
 
 

@@ -13,6 +13,7 @@ when Triton unloads the version after its in-flight requests finished.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -22,7 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend import history, layout, mel_v4, validation
-from python_backend.triton_common import STUB_IPC, CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, send
+from python_backend.triton_common import HEARTBEAT_PARAMETER, STUB_IPC, CacheMetrics, bls_exec, cache_from_env, ensure_logging, is_cancelled, send
 from python_backend.validation import ValidationError  # noqa: F401  (re-exported)
 from python_backend import reference as reference_mod
 from python_backend.limits import Limits
@@ -41,6 +42,14 @@ PARAMS = {"TOP_K": ("top_k", int), "TOP_P": ("top_p", float), "TEMPERATURE": ("t
 def _value(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def _wants_heartbeat(request) -> bool:
+    """The request parameter ``gsv_heartbeat`` (a BLS caller's, not a tensor: old configs serve it)."""
+    try:
+        return bool(json.loads(request.parameters() or "{}").get(HEARTBEAT_PARAMETER))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _text(value) -> str:
@@ -94,6 +103,8 @@ class TritonPythonModel:
         self.sample_rate = int(engine.sample_rate)
         self.lock = threading.Lock()
         self.active: dict[str, Utterance] = {}
+        self.heartbeats: set[str] = set()  # request ids whose caller asked for heartbeats
+        engine.on_tick = self._heartbeat
         # every custom-metric call goes through this lock: calls from two stub threads at once
         # (execute and the engine's sender) crashed tritonserver 2.51 (SIGSEGV in libtriton_python)
         # when another version of the model was loading - 2 of 2 stress runs at the first load;
@@ -216,6 +227,8 @@ class TritonPythonModel:
         if rid:
             with self.lock:
                 self.active[rid] = utterance
+                if _wants_heartbeat(request):
+                    self.heartbeats.add(rid)
         with self.metric_lock:
             self.in_flight.increment(1)
         # No early "accepted" response: it would let the tts stub run its BLS requests truly
@@ -232,7 +245,16 @@ class TritonPythonModel:
             if rid:
                 with self.lock:
                     self.active.pop(rid, None)
+                    self.heartbeats.discard(rid)
             raise
+
+    def _heartbeat(self) -> None:
+        """Every engine tick (sender thread): an empty non-final response to each request whose
+        caller asked for one (``tts``: it checks its client's cancellation between responses)."""
+        with self.lock:
+            utterances = [self.active[rid] for rid in self.heartbeats if rid in self.active]
+        for utterance in utterances:
+            utterance.heartbeat()
 
     def _reference(self, request) -> EngineReference | None:
         """A per-request reference (REF_* inputs) as prompt tokens and ge of this version, cached."""
@@ -287,6 +309,7 @@ class TritonPythonModel:
             if rid:
                 with self.lock:
                     self.active.pop(rid, None)
+                    self.heartbeats.discard(rid)
             self._log_timing(utterance, out.finish_reason)
         with self.metric_lock:
             self._count(out.finish_reason)

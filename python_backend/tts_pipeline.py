@@ -39,6 +39,13 @@ class Utterance:
     sample_rate: int = 0
     finish_reasons: list[str] = field(default_factory=list)
 
+    def add(self, chunk: VoiceChunk) -> None:
+        if chunk.audio.size:
+            self.audio.append(chunk.audio.astype(np.float32))
+        self.version, self.sample_rate = chunk.version, chunk.sample_rate
+        if chunk.finish_reason:
+            self.finish_reasons.append(chunk.finish_reason)
+
     def joined(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
 
@@ -96,9 +103,5 @@ def synthesize(request: TTSRequest, bert: Callable[[str], np.ndarray],
 def collect(chunks: Iterable[VoiceChunk]) -> Utterance:
     out = Utterance()
     for chunk in chunks:
-        if chunk.audio.size:
-            out.audio.append(chunk.audio.astype(np.float32))
-        out.version, out.sample_rate = chunk.version, chunk.sample_rate
-        if chunk.finish_reason:
-            out.finish_reasons.append(chunk.finish_reason)
+        out.add(chunk)
     return out

@@ -91,6 +91,7 @@ from python_backend.onnx_stage import OnnxStage, providers, session_options
 from python_backend.v4_synthesis import V4Prompt, V4Scheduler, V4Stages
 
 log = logging.getLogger(__name__)
+TICK_S = 0.5  # the sender thread's tick (VoiceEngine.on_tick)
 
 BERT_DIM = 1024
 MAX_TOKENS = sampling.DEFAULT_MAX_NEW_TOKENS  # upstream's 1500-step cap (60 s of audio)
@@ -440,6 +441,9 @@ class VoiceEngine:
         self._intake = _FairIntake()
         self._jobs: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
+        # called about every TICK_S in the sender thread: an adapter's periodic sends
+        # (triton_voice's heartbeats) then come from the one thread that sends audio
+        self.on_tick: Callable[[], None] | None = None
         # steps, step_rows, max_rows, prefills, sovits_batches, sovits_rows, vocoder_frames (valid latent frames vocoded)
         self.stats = collections.Counter()
         self.seconds = collections.Counter()  # graph time: prefill, step, sampling, sovits, vocoder
@@ -903,8 +907,20 @@ class VoiceEngine:
 
     # ------------------------------------------------------------------ sender thread
     def _send_loop(self) -> None:
+        ticked = time.monotonic()
         while True:
-            item = self._out.get()
+            try:
+                item = self._out.get(timeout=TICK_S)
+            except queue.Empty:
+                item = None
+            if self.on_tick is not None and time.monotonic() - ticked >= TICK_S:
+                ticked = time.monotonic()
+                try:
+                    self.on_tick()  # in this thread, so the adapter's sends stay in one thread
+                except Exception:
+                    log.exception("[tts] tick failed")
+            if item is None:
+                continue
             if item is _STOP:
                 return
             r, chunk = item

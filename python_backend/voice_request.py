@@ -95,6 +95,13 @@ class Utterance:
         for handle in self.handles:
             handle.cancel()
 
+    def heartbeat(self) -> None:
+        """An empty, non-final piece: tells a caller that waits for the next response that the
+        request is alive, so it can look at its own client's cancellation meanwhile."""
+        with self.lock:
+            if not self.finished:
+                self.send(Outgoing(np.zeros(0, np.float32), "", False))
+
 
 def sentence_requests(parts: list[tuple[np.ndarray, np.ndarray]], params: dict, seed: int | None) -> list[SynthesisRequest]:
     """One engine request per sentence; sentence i uses seed + i so sentences do not repeat noise."""

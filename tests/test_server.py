@@ -115,6 +115,33 @@ def test_server_command_env_and_hidden_folders(tmp_path):
         srv.server_command(tmp_path / "repo", load_models=[".gsv"], cache_dir=tmp_path / "cache")
 
 
+def test_tts_instances_render_a_static_repository_with_that_count(tmp_path):
+    """--tts-instances N serves the project's models from a copy whose tts config has N instances
+    (the same model.py files); the checked-in count serves the source folder itself."""
+    require_tritonserver()
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from python_backend.model_config import TTS_INSTANCES
+
+    (tmp_path / "repo").mkdir()
+    cache = tmp_path / "cache"
+    argv, _ = srv.server_command(tmp_path / "repo", cache_dir=cache, tts_instances=TTS_INSTANCES)
+    assert f"--model-repository={srv.static_repository()}" in argv
+    argv, _ = srv.server_command(tmp_path / "repo", cache_dir=cache, tts_instances=2)
+    static = Path(next(a for a in argv if a.startswith("--model-repository=") and str(cache) in a).split("=", 1)[1])
+    config = text_format.Parse((static / "tts" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.instance_group[0].count == 2
+    source = srv.static_repository()
+    for model in ("tts", "tts_stream"):
+        assert (static / model / "1" / "model.py").read_bytes() == (source / model / "1" / "model.py").read_bytes()
+    assert (static / "tts_stream" / "config.pbtxt").read_text() == (source / "tts_stream" / "config.pbtxt").read_text()
+    assert srv.static_repository(2, cache) == static  # reused, not rebuilt
+    for bad in (0, 65):
+        with pytest.raises(srv.ServerError, match="--tts-instances: tts instances must be within 1-64"):
+            srv.server_command(tmp_path / "repo", cache_dir=cache, tts_instances=bad)
+
+
 def test_prepare_backend_dir_concurrent(tmp_path):
     require_tritonserver()
     results, errors = [], []

@@ -54,6 +54,7 @@ def test_soak_mixed_clients_no_failure_no_restart_flat_memory(server):
     warm = run_clients(server.grpc_url, VOICES, CLIENTS, until=time.monotonic() + WARMUP_S, seed=1)
     assert not warm.failures, warm.failures[:5]
     before = {(s.pid, s.model) for s in stubs(server.pid)}
+    assert sum(model == "tts" for _, model in before) >= 2, before  # tts serves concurrently: several instances
     rss_before = tree_rss_mb(server.pid)
     samples = []
     started = time.monotonic()

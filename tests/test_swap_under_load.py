@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
 from ops import swap
 from ops.client import _inputs, synthesize
 from python_backend import layout
+from tests.soak_load import stubs
 from tests.triton_fixtures import require_tritonserver, start_server
 from tests.voices import demo_voice, export_voice
 
@@ -112,7 +112,8 @@ def _client(url: str, stream: bool, stop: threading.Event, records: list, lock: 
             if stream:
                 rec.versions, samples = _stream_once(url, seed)
             else:
-                speech = synthesize(TEXT, "a", url, SEED=seed, TOP_K=1, MAX_TOKENS=MAX_TOKENS)
+                # a bound, so a request routed to a dead stub (2.51 does not notice one) fails here
+                speech = synthesize(TEXT, "a", url, timeout=120, SEED=seed, TOP_K=1, MAX_TOKENS=MAX_TOKENS)
                 rec.versions, samples = {speech.voice_version}, speech.audio.size
             if samples == 0:
                 rec.error = "no audio"
@@ -149,6 +150,16 @@ def _settled_rss(pgid: int) -> int:
     return last
 
 
+def _front_stubs(server_pid: int) -> set[tuple[int, str]]:
+    """(pid, model) of the live tts and tts_stream stubs (a dead one is a zombie or gone)."""
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    return {(s.pid, s.model) for s in stubs(server_pid) if s.model in ("tts", "tts_stream") and alive(s.pid)}
+
+
 def test_twenty_swaps_under_load(setup):
     server, repo, goods, bad = setup
     url = server.grpc_url
@@ -156,6 +167,8 @@ def test_twenty_swaps_under_load(setup):
     allowed: dict[int, list[list[float]]] = {1: [[0.0, float("inf")]]}
     current, refused, memory_after_first = 1, set(), None
     stop, lock, records = threading.Event(), threading.Lock(), []
+    front = _front_stubs(server.pid)
+    assert sum(model == "tts" for _, model in front) >= 2, front  # several tts instances serve together
     clients = [threading.Thread(target=_client, args=(url, i % 2 == 0, stop, records, lock), daemon=True)
                for i in range(8)]
     for t in clients:
@@ -191,6 +204,7 @@ def test_twenty_swaps_under_load(setup):
         stop.set()
         for t in clients:
             t.join(180)
+    assert _front_stubs(server.pid) == front, "a tts/tts_stream stub died or restarted during the swaps"
     failed = [r for r in records if r.error]
     assert not failed, f"{len(failed)} of {len(records)} requests failed, e.g. {failed[0].error}"
     assert len(records) >= 8 * 5

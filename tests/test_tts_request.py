@@ -76,6 +76,16 @@ def test_utterance_orders_sentences_and_sends_one_final():
     assert [o.finish_reason for o in sent if o.finish_reason] == ["budget", "eos"]
 
 
+def test_utterance_heartbeat_is_empty_non_final_and_stops_after_the_final():
+    sent = []
+    utt = Utterance(1, 1000, sent.append)
+    utt.heartbeat()
+    assert len(sent) == 1 and sent[0].audio.size == 0 and not sent[0].final and not sent[0].finish_reason
+    utt.emit_for(0)(AudioChunk(np.ones(2, np.float32), True, "eos", 1))
+    utt.heartbeat()  # after the final: nothing more goes out
+    assert [o.final for o in sent] == [False, True]
+
+
 def test_utterance_error_sends_single_final_error():
     sent = []
     utt = Utterance(2, 1000, sent.append)

@@ -36,7 +36,7 @@ def server(tmp_path_factory):
     for seed, voice in enumerate(VOICES, start=3):
         src = root / voice
         export_voice(demo_voice(src, seed), repo, voice, aux=src)
-    proc = start_server(repo, log_dir=root)
+    proc = start_server(repo, log_dir=root, timeout=600)  # 2 cores: loads slow down under others' work
     yield proc
     proc.stop()
 
@@ -215,3 +215,21 @@ def test_dropped_stream_frees_its_decode_slot(server):
         time.sleep(0.2)
     assert metric(server, "gsv_voice_in_flight", model="voice_alpha") == 0
     assert synthesize(TEXT, "alpha", server.grpc_url, **FIXED).audio.size > 0
+
+
+def test_tts_config_serves_requests_in_several_instances_with_a_bounded_queue():
+    """The checked-in ``tts`` config is the generated one: several instances (one request each,
+    so that many reach the voice together) and a queue that answers UNAVAILABLE when full."""
+    from pathlib import Path
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from python_backend.model_config import TTS_INSTANCES, TTS_QUEUE, tts_model_spec
+
+    path = Path(__file__).resolve().parent.parent / "model_repository" / "tts" / "config.pbtxt"
+    assert path.read_text() == tts_model_spec().render(), "regenerate model_repository/tts/config.pbtxt"
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    assert TTS_INSTANCES >= 2 and config.instance_group[0].count == TTS_INSTANCES
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == TTS_QUEUE > 0
+    assert not config.model_transaction_policy.decoupled  # one response per request, from execute's thread

@@ -461,3 +461,20 @@ def test_close_drains_in_flight(version_dir):
     assert not any(t.is_alive() for t in eng._threads)
     with pytest.raises(EngineClosed):
         eng.submit(make_request(5, max_tokens=5), Collector())
+
+
+def test_sender_thread_ticks_while_idle(engine):
+    """on_tick runs about every TICK_S in the sender thread, with or without audio to send
+    (triton_voice's heartbeats rely on it)."""
+    import threading
+    import time
+
+    from python_backend.voice_engine import TICK_S
+
+    threads: list[str] = []
+    engine.on_tick = lambda: threads.append(threading.current_thread().name)
+    try:
+        time.sleep(TICK_S * 5)
+    finally:
+        engine.on_tick = None
+    assert len(threads) >= 2 and set(threads) == {"gsv-send"}
