@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from python_backend.spectrogram import EPS, stft_magnitude  # noqa: F401 (EPS: export.v4_model reads it here)
+
 SAMPLE_RATE = 32000
 N_FFT = 1280
 WIN = 1280
@@ -21,7 +23,6 @@ FMAX = None
 SPEC_MIN = -12.0
 SPEC_MAX = 2.0
 CLAMP = 1e-5
-EPS = 1e-8
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -68,21 +69,8 @@ def denorm_spec(y: np.ndarray) -> np.ndarray:
 def log_mel(wav32k: np.ndarray) -> np.ndarray:
     """Mono 32 kHz float audio ([N] or [1, N]) -> log mel [100, F] float32, F = N // 320 for N a
     multiple of 320 (upstream ``mel_fn_v4``)."""
-    x = np.asarray(wav32k, dtype=np.float64)
-    if x.ndim == 2 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 1:
-        raise ValueError(f"expected mono audio [N] or [1, N], got shape {np.shape(wav32k)}")
-    pad = (N_FFT - HOP) // 2
-    if x.shape[0] <= pad:
-        raise ValueError(f"reference audio too short: {x.shape[0]} samples, need more than {pad}")
-    x = np.pad(x, (pad, pad), mode="reflect")
-    n_frames = (x.shape[0] - N_FFT) // HOP + 1
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(WIN) / WIN)
-    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n_frames)[:, None]
-    spec = np.fft.rfft(x[idx] * window[None, :], n=N_FFT, axis=1)
-    mag = np.sqrt(spec.real**2 + spec.imag**2 + EPS)  # [F, bins]
-    mel = _FILTERBANK.astype(np.float64) @ mag.T
+    mag = stft_magnitude(wav32k, N_FFT, HOP, WIN)  # [bins, F] float64
+    mel = _FILTERBANK.astype(np.float64) @ mag
     return np.log(np.maximum(mel, CLAMP)).astype(np.float32)
 
 

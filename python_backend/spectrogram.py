@@ -19,12 +19,10 @@ def hann_periodic(n: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float64)
 
 
-def reference_spectrogram(wav32k: np.ndarray, n_fft: int = N_FFT, hop: int = HOP, win: int = WIN) -> np.ndarray:
-    """Mono 32 kHz float audio ([N] or [1, N]) -> linear magnitude spectrogram [n_fft//2+1, F] float32.
-
-    F = (N + 2*pad - n_fft) // hop + 1 with pad = (n_fft - hop) // 2 (N // hop frames for N a
-    multiple of hop). The caller applies any loudness normalization beforehand.
-    """
+def stft_magnitude(wav32k: np.ndarray, n_fft: int, hop: int, win: int) -> np.ndarray:
+    """Mono float audio ([N] or [1, N]) -> float64 magnitude [n_fft//2+1, F]: reflect-pad
+    (n_fft - hop) // 2 each side, periodic Hann (centred in n_fft when shorter), center=False,
+    sqrt(re^2 + im^2 + EPS). Shared by the v2 reference spectrogram and v4's reference mel."""
     x = np.asarray(wav32k, dtype=np.float64)
     if x.ndim == 2 and x.shape[0] == 1:
         x = x[0]
@@ -42,7 +40,14 @@ def reference_spectrogram(wav32k: np.ndarray, n_fft: int = N_FFT, hop: int = HOP
         left = (n_fft - win) // 2
         window = np.pad(window, (left, n_fft - win - left))
     idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
-    frames = x[idx] * window[None, :]
-    spec = np.fft.rfft(frames, n=n_fft, axis=1)
-    mag = np.sqrt(spec.real**2 + spec.imag**2 + EPS)
-    return mag.T.astype(np.float32)
+    spec = np.fft.rfft(x[idx] * window[None, :], n=n_fft, axis=1)
+    return np.sqrt(spec.real**2 + spec.imag**2 + EPS).T
+
+
+def reference_spectrogram(wav32k: np.ndarray, n_fft: int = N_FFT, hop: int = HOP, win: int = WIN) -> np.ndarray:
+    """Mono 32 kHz float audio ([N] or [1, N]) -> linear magnitude spectrogram [n_fft//2+1, F] float32.
+
+    F = (N + 2*pad - n_fft) // hop + 1 with pad = (n_fft - hop) // 2 (N // hop frames for N a
+    multiple of hop). The caller applies any loudness normalization beforehand.
+    """
+    return stft_magnitude(wav32k, n_fft, hop, win).astype(np.float32)
