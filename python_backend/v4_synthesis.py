@@ -269,14 +269,17 @@ class V4Scheduler:
     """CFM rows of many requests, one Euler step per tick (module doc). Single-threaded: the
     engine's synthesis thread owns it."""
 
-    def __init__(self, stages: V4Stages, max_batch: int = 16, context: int | None = None):
+    def __init__(self, stages: V4Stages, max_batch: int = 16, context: int | None = None,
+                 seconds: collections.Counter | None = None, stats: collections.Counter | None = None):
+        """``seconds``/``stats``: counters to add stage time and CFM step/row counts to (the
+        engine passes its own, so one report covers both threads' work)."""
         self.stages, self.c = stages, stages.contract
         self.max_batch = max(1, int(max_batch))
         self.context = stages.contract.vocoder_reach_frames() + 2 if context is None else int(context)
         self._encode: collections.deque = collections.deque()  # (key, codes, phones, ge, prompt, steps, seed, speed, stream)
         self._rows: collections.OrderedDict = collections.OrderedDict()  # key -> _CfmRow
-        self.seconds = collections.Counter()
-        self.stats = collections.Counter()
+        self.seconds = collections.Counter() if seconds is None else seconds
+        self.stats = collections.Counter() if stats is None else stats
 
     @property
     def busy(self) -> bool:

@@ -841,8 +841,7 @@ class VoiceEngine:
     def _v4_loop(self) -> None:
         """v4's counterpart of ``_sovits_loop``: whole sentences from the decode thread go to a
         :class:`V4Scheduler` (CFM rows batched step by step); its pieces go to the sender."""
-        sched = V4Scheduler(self.v4, self.max_batch)
-        sched.seconds, sched.stats = self.seconds, self.stats
+        sched = V4Scheduler(self.v4, self.max_batch, seconds=self.seconds, stats=self.stats)
         jobs: dict[int, _Job] = {}
         sent: dict[int, int] = {}  # tokens already reported per request (stream pieces)
         stopping = False
