@@ -25,13 +25,38 @@ import numpy as np
 from bench.common import LOAD_TEXT, ROOT, TEXTS, TOP_K, log
 
 
+def eager_gpt_tokens(gpt, phones, bert, prompts, budget: int, rng: np.random.Generator, top_k: int):
+    """Upstream's GPT loop in torch, batch 1, EOS masked so exactly ``budget`` tokens come out.
+
+    ``phones``/``bert``: reference then target ([1, P], [1, 1024, P]); ``prompts``: [1, T] prompt
+    tokens. Returns (tokens [budget] int64, prefill seconds)."""
+    import torch
+
+    from python_backend import sampling
+
+    n_prompt = prompts.shape[1]
+    history = np.empty(n_prompt + budget, np.int64)
+    history[:n_prompt] = prompts[0].numpy()
+    started = time.perf_counter()
+    logits, k, v = gpt.prefill(phones, bert, prompts)
+    prefill_s = time.perf_counter() - started
+    for i in range(budget):
+        masked = sampling.mask_eos(logits.numpy(), i, int(gpt.cfg.eos), budget + 1)  # EOS never wins
+        tok, _ = sampling.sample(masked, [history[: n_prompt + i]], top_k=top_k, top_p=1.0, temperature=1.0,
+                                 repetition_penalty=1.35, rng=rng)
+        history[n_prompt + i] = tok[0]
+        if i + 1 < budget:
+            logits, k, v = gpt.step(torch.from_numpy(tok.reshape(1, 1)), torch.tensor([n_prompt + i]), k, v,
+                                    torch.ones(1, k.shape[2] + 1))
+    return history[n_prompt:].copy(), prefill_s
+
+
 def run(spec: dict) -> dict:
     import torch
 
     from export.checkpoints import read_gpt, read_sovits
     from export.gpt_model import GPT
     from export.sovits_model import build_sovits
-    from python_backend import sampling
     from python_backend.text.frontend import text_to_phones, zero_bert
     from python_backend.voice_engine import token_budget
 
@@ -42,13 +67,11 @@ def run(spec: dict) -> dict:
     load_s = time.perf_counter() - t0
     with np.load(Path(spec["version_dir"]) / "reference.npz") as ref:
         ref_phones, ref_bert, prompts, spec_ref = ref["phones"], ref["bert"], ref["prompts"], ref["spec"]
-    eos = int(gpt.cfg.eos)
     sr = int(sovits.cfg.sample_rate)
     refer_spec = torch.from_numpy(np.asarray(spec_ref, np.float32))
     if refer_spec.dim() == 2:
         refer_spec = refer_spec[None]
     prompts_t = torch.from_numpy(np.asarray(prompts, np.int64).reshape(1, -1))
-    n_prompt = prompts_t.shape[1]
 
     def synth(text: str, seed: int) -> dict:
         start = time.perf_counter()
@@ -58,28 +81,13 @@ def run(spec: dict) -> dict:
         budget = token_budget(len(phones), spec["tokens"])
         all_phones = torch.from_numpy(np.concatenate([ref_phones, phones])[None])
         all_bert = torch.from_numpy(np.concatenate([ref_bert, bert], axis=1)[None].astype(np.float32))
-        rng = np.random.default_rng(seed)
-        history = np.empty(n_prompt + budget, np.int64)
-        history[:n_prompt] = prompts_t[0].numpy()
         t_gpt = time.perf_counter()
-        logits, k, v = gpt.prefill(all_phones, all_bert, prompts_t)
-        prefill_s = time.perf_counter() - t_gpt
-        generated = 0
-        while True:
-            masked = sampling.mask_eos(logits.numpy(), generated, eos, budget + 1)  # EOS never wins
-            tokens, _ = sampling.sample(masked, [history[: n_prompt + generated]], top_k=spec["top_k"],
-                                        top_p=1.0, temperature=1.0, repetition_penalty=1.35, rng=rng)
-            history[n_prompt + generated] = tokens[0]
-            generated += 1
-            if generated >= budget:
-                break
-            mask = torch.ones(1, k.shape[2] + 1)
-            logits, k, v = gpt.step(torch.from_numpy(tokens.reshape(1, 1)), torch.tensor([n_prompt + generated - 1]),
-                                    k, v, mask)
+        generated_tokens, prefill_s = eager_gpt_tokens(gpt, all_phones, all_bert, prompts_t, budget,
+                                                       np.random.default_rng(seed), spec["top_k"])
+        generated = generated_tokens.size
         gpt_s = time.perf_counter() - t_gpt
         t_sov = time.perf_counter()
-        codes = torch.from_numpy(history[n_prompt: n_prompt + generated].copy()[None])
-        wav = sovits.decode(codes, torch.from_numpy(phones[None]), refer_spec)
+        wav = sovits.decode(torch.from_numpy(generated_tokens[None]), torch.from_numpy(phones[None]), refer_spec)
         sovits_s = time.perf_counter() - t_sov
         total = time.perf_counter() - start
         audio_s = wav.numel() / sr

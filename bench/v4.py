@@ -91,29 +91,18 @@ class Eager:
         self.torch = torch
 
     def run(self, phones: np.ndarray, bert: np.ndarray, tokens: int, steps: int, seed: int) -> dict:
+        from bench.baseline import eager_gpt_tokens
         from export import v4_pipeline
-        from python_backend import sampling
         from python_backend.v4_synthesis import chunk_noise
 
         torch, ref = self.torch, self.ref
         start = time.perf_counter()
         prompts = torch.from_numpy(ref["prompts"].reshape(1, -1))
-        n_prompt = prompts.shape[1]
-        logits, k, v = self.gpt.prefill(torch.from_numpy(np.concatenate([ref["phones"], phones])[None]),
-                                        torch.from_numpy(np.concatenate([ref["bert"], bert], axis=1)[None]), prompts)
-        rng = np.random.default_rng(seed)
-        history = np.empty(n_prompt + tokens, np.int64)
-        history[:n_prompt] = ref["prompts"].reshape(-1)
-        for i in range(tokens):
-            masked = sampling.mask_eos(logits.numpy(), i, self.gpt.cfg.eos, tokens + 1)
-            tok, _ = sampling.sample(masked, [history[: n_prompt + i]], top_k=TOP_K, top_p=1.0, temperature=1.0,
-                                     repetition_penalty=1.35, rng=rng)
-            history[n_prompt + i] = tok[0]
-            if i + 1 < tokens:
-                logits, k, v = self.gpt.step(torch.from_numpy(tok.reshape(1, 1)), torch.tensor([n_prompt + i]), k, v,
-                                             torch.ones(1, k.shape[2] + 1))
+        generated, _ = eager_gpt_tokens(self.gpt, torch.from_numpy(np.concatenate([ref["phones"], phones])[None]),
+                                        torch.from_numpy(np.concatenate([ref["bert"], bert], axis=1)[None]), prompts,
+                                        tokens, np.random.default_rng(seed), TOP_K)
         gpt_s = time.perf_counter() - start
-        codes = torch.from_numpy(history[n_prompt:].copy()[None])
+        codes = torch.from_numpy(generated[None])
         trace = v4_pipeline.synthesize(
             self.model, self.vocoder, codes, torch.from_numpy(phones[None]), prompts,
             torch.from_numpy(ref["phones"][None]), torch.from_numpy(ref["spec"][None]),
