@@ -566,7 +566,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                         "REPO/.gsv/admin-key (a random one is written there, mode 0600)")
     p.add_argument("--tts-instances", type=int, default=None, metavar="N",
                    help="non-streaming requests served together by tts, one stub process each "
-                        "(default 4; about 0.6 GiB each, more with a full-size G2PW model)")
+                        "(default 4; each holds its own text front end: about 0.8 GiB with full-size models)")
     p.add_argument("--print-docker", action="store_true", help="print the equivalent official-container command and exit")
     limits = p.add_argument_group("work limits (python_backend.limits; passed to the models as environment variables)")
     limits.add_argument("--max-sentences", type=int, help="sentences per request (default 100)")
