@@ -389,3 +389,21 @@ def test_pro_bad_sv_input_one_line_error_repo_unchanged(pro_exported, pro_voice,
     import re
     assert re.search(needle, err), err
     assert snapshot(repo) == before
+
+
+def test_demo_voice_cache_copies_what_demo_voice_writes(tmp_path):
+    """tests/voices.demo_voice makes each (version, seed) once per session and copies it: the copy
+    must be byte-identical to a fresh ``demo-voice`` run (deterministic, no paths inside), and
+    changing a copy must not reach the next one."""
+    from tests.voices import demo_voice
+
+    fresh = tmp_path / "fresh"
+    assert cli.main(["demo-voice", str(fresh), "--size", "tiny", "--seed", "7"]) == 0
+    first = demo_voice(tmp_path / "first", 7)
+    (first / "ref.wav").write_bytes(b"changed by a test")
+    second = demo_voice(tmp_path / "second", 7)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert files(second) == files(fresh)

@@ -1,6 +1,9 @@
 """Tiny random-weight demo voices and their exports, for tests: one place for the export arguments."""
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 from ops import cli
@@ -9,10 +12,24 @@ from python_backend import layout
 REF_TEXT = "你好，欢迎使用语音合成服务。"
 
 
+# Demo voices made in this test session, by (version, seed): ``demo-voice`` is deterministic and
+# writes no paths into its files (checked in test_demo_voice_cache_copies_what_demo_voice_writes),
+# so each is made once and copied (about 10 s saved per reuse on 2 cores; most modules use seed 3).
+_MADE = Path(tempfile.mkdtemp(prefix="gsv-test-demo-voices-"))
+atexit.register(shutil.rmtree, _MADE, True)
+
+
 def demo_voice(dst: Path, seed: int = 3, version: str = "v2") -> Path:
     """A tiny official-format demo voice (checkpoints, reference clip, random HuBERT/BERT; for v2Pro and
-    v2ProPlus also the full-size random SV checkpoint, 214 MB) in ``dst``."""
-    assert cli.main(["demo-voice", str(dst), "--size", "tiny", "--seed", str(seed), "--sovits-version", version]) == 0
+    v2ProPlus also the full-size random SV checkpoint, 214 MB) in ``dst``: a copy, so a test may
+    change its files."""
+    made = _MADE / f"{version}-seed{int(seed)}"
+    if not made.is_dir():
+        tmp = _MADE / f".{made.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        assert cli.main(["demo-voice", str(tmp), "--size", "tiny", "--seed", str(seed), "--sovits-version", version]) == 0
+        tmp.rename(made)
+    shutil.copytree(made, dst, dirs_exist_ok=True)
     return Path(dst)
 
 
