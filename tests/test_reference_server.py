@@ -106,12 +106,18 @@ def test_aux_clips_are_fused_into_the_speaker_conditioning(served):
 def test_a_reference_changes_the_voice_and_is_cached(served):
     server, src = served
     other = _variants(src)[1]
+    from python_backend.model_config import TTS_INSTANCES
+
     hits = _metric(server, "hit", "tts")
     a = synthesize(TEXT, "alpha", server.grpc_url, reference=other, **FIXED)
     b = synthesize(TEXT, "alpha", server.grpc_url, reference=other, **FIXED)
     default = synthesize(TEXT, "alpha", server.grpc_url, **FIXED)
     assert a.audio.size == b.audio.size and np.allclose(a.audio, b.audio, atol=1e-4)
     assert a.audio.size != default.audio.size or not np.allclose(a.audio, default.audio, atol=1e-3)
+    # each tts instance keeps its own cache: with one more request than instances, some instance
+    # sees the clip a second time (the voice model, one instance, hit on the second request)
+    for _ in range(TTS_INSTANCES - 1):
+        assert synthesize(TEXT, "alpha", server.grpc_url, reference=other, **FIXED).audio.size == a.audio.size
     assert _metric(server, "hit", "tts") >= hits + 1
     assert _metric(server, "hit", "voice_alpha") >= 1
 
