@@ -212,8 +212,8 @@ def test_linear_time():
         "letters": lambda n: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n)),
         "apostrophes": lambda n: ("a'-" * n)[:n],
     }
-    for name, make in patterns.items():
-        timings = []
+    def timings(make) -> list[float]:
+        out = []
         for n in (1000, 2000):
             best = float("inf")
             for _ in range(3):
@@ -222,8 +222,19 @@ def test_linear_time():
                 en_g2p.get_lexicon()._cache.clear()
                 g2p(text_normalize(text))
                 best = min(best, time.perf_counter() - start)
-            timings.append(best)
-        assert timings[1] < 3.0 * timings[0] + 0.02, (name, timings)
+            out.append(best)
+        return out
+
+    for name, make in patterns.items():
+        # doubling the input must not quadruple the time; measured again (up to 3 rounds) when a
+        # busy machine slows one round down, since quadratic code stays at ~4x every round
+        rounds = []
+        for _ in range(3):
+            rounds.append(timings(make))
+            if rounds[-1][1] < 3.0 * rounds[-1][0] + 0.02:
+                break
+        else:
+            raise AssertionError((name, rounds))
 
 
 # --- the conformance kit ---------------------------------------------------------------
