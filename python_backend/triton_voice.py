@@ -103,7 +103,6 @@ class TritonPythonModel:
         self.sample_rate = int(engine.sample_rate)
         self.lock = threading.Lock()
         self.active: dict[str, Utterance] = {}
-        self.heartbeats: set[str] = set()  # request ids whose caller asked for heartbeats
         engine.on_tick = self._heartbeat
         # every custom-metric call goes through this lock: calls from two stub threads at once
         # (execute and the engine's sender) crashed tritonserver 2.51 (SIGSEGV in libtriton_python)
@@ -224,11 +223,10 @@ class TritonPythonModel:
         rid = _text(rid_raw) if rid_raw is not None else None
         utterance = Utterance(len(engine_requests), self.sample_rate, send=None)
         utterance.send = lambda out: self._send(sender, request, utterance, rid, out)
+        utterance.wants_heartbeat = _wants_heartbeat(request)
         if rid:
             with self.lock:
                 self.active[rid] = utterance
-                if _wants_heartbeat(request):
-                    self.heartbeats.add(rid)
         with self.metric_lock:
             self.in_flight.increment(1)
         # No early "accepted" response: it would let the tts stub run its BLS requests truly
@@ -245,14 +243,13 @@ class TritonPythonModel:
             if rid:
                 with self.lock:
                     self.active.pop(rid, None)
-                    self.heartbeats.discard(rid)
             raise
 
     def _heartbeat(self) -> None:
         """Every engine tick (sender thread): an empty non-final response to each request whose
         caller asked for one (``tts``: it checks its client's cancellation between responses)."""
         with self.lock:
-            utterances = [self.active[rid] for rid in self.heartbeats if rid in self.active]
+            utterances = [u for u in self.active.values() if u.wants_heartbeat]
         for utterance in utterances:
             utterance.heartbeat()
 
@@ -309,7 +306,6 @@ class TritonPythonModel:
             if rid:
                 with self.lock:
                     self.active.pop(rid, None)
-                    self.heartbeats.discard(rid)
             self._log_timing(utterance, out.finish_reason)
         with self.metric_lock:
             self._count(out.finish_reason)

@@ -98,10 +98,3 @@ def synthesize(request: TTSRequest, bert: Callable[[str], np.ndarray],
         elif chunk.version != version:  # the property the product rests on: never mix versions
             raise RuntimeError(f"voice {request.voice} answered with versions {version} and {chunk.version} in one request")
         yield chunk
-
-
-def collect(chunks: Iterable[VoiceChunk]) -> Utterance:
-    out = Utterance()
-    for chunk in chunks:
-        out.add(chunk)
-    return out

@@ -53,6 +53,7 @@ class Utterance:
         self.done = [False] * n_sentences
         self.finished = False
         self.handles: list = []
+        self.wants_heartbeat = False  # the caller asked for heartbeat(): an empty piece every engine tick
 
     def emit_for(self, index: int) -> Callable[[AudioChunk], None]:
         return lambda chunk: self._on_chunk(index, chunk)
